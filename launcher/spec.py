@@ -1,0 +1,348 @@
+"""The typed job spec: one description of a fine-tuning job that runs unchanged on every backend.
+
+Two models matter:
+
+* ``JobSpec``: what a user writes (YAML or Python): name, base model, method, data, training
+  hyperparameters, compute, output, tags and backend sections.
+* ``TrainConfig``: what the training container receives: base model, method and the flat
+  hyperparameters. It is what ``entrypoints.train`` validates, whether it arrives as SageMaker's
+  ``hyperparameters.json`` (every value a string), as Vertex command-line flags or as a local file.
+
+Unknown keys are errors with a "did you mean" hint; every error is one line naming the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from launcher import catalog
+from launcher.errors import NotFoundError, SpecError, did_you_mean
+
+INTERRUPTED_EXIT_CODE = 75  # the training entrypoint's exit code after a SIGTERM checkpoint (EX_TEMPFAIL)
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class Hyperparameters(StrictModel):
+    """Training knobs. Defaults follow common LoRA practice (r=16, alpha=32, all linear layers)."""
+
+    # LoRA / QLoRA
+    lora_r: PositiveInt = 16
+    lora_alpha: Annotated[float, Field(gt=0)] = 32.0
+    lora_dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    use_rslora: bool = False
+    use_dora: bool = False
+    # Optimisation
+    learning_rate: Annotated[float, Field(gt=0, le=1.0)] = 2e-4
+    epochs: PositiveInt = 3
+    max_steps: PositiveInt | None = None
+    micro_batch_size: PositiveInt = 4
+    gradient_accumulation_steps: PositiveInt = 4
+    warmup_ratio: Fraction = 0.03
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
+    max_grad_norm: Annotated[float, Field(ge=0.0)] = 1.0
+    seed: int = 42
+    # Data
+    max_seq_len: Annotated[int, Field(ge=16)] = 1024
+    packing: bool = True
+    eval_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+    max_truncated_fraction: Fraction = 0.05
+    general_mix: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    # Evaluation and outputs
+    eval_samples: Annotated[int, Field(ge=0)] = 32
+    review_samples: Annotated[int, Field(ge=0)] = 16
+    max_new_tokens: PositiveInt = 128
+    forgetting_threshold_pct: Annotated[float, Field(gt=0)] = 10.0
+    merge: bool = False
+    # Run mechanics
+    checkpoint_every: PositiveInt = 50
+    keep_checkpoints: PositiveInt = 2
+    logging_steps: PositiveInt = 10
+    gradient_checkpointing: Literal["auto", "on", "off"] = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _split_modules(cls, value: Any) -> Any:
+        # Hyperparameters arrive as strings on SageMaker: "q_proj,v_proj" or '["q_proj", "v_proj"]'.
+        if isinstance(value, str) and value != "all-linear":
+            value = value.strip()
+            if value.startswith("["):
+                return json.loads(value)
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("target_modules")
+    @classmethod
+    def _non_empty_modules(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError("needs at least one module name, or 'all-linear'")
+        return value
+
+
+class TrainConfig(Hyperparameters):
+    """What the training container receives: the base model, the method and the hyperparameters."""
+
+    base_model: str = "tiny-llama"
+    method: Literal["lora", "qlora"] = "lora"
+    hf_token_env: str = "HF_TOKEN"  # the NAME of the environment variable holding a Hub token
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any], source: str = "hyperparameters") -> TrainConfig:
+        """Validate a mapping (SageMaker's all-string hyperparameters included)."""
+        cleaned = {k: _decode_string_value(v) for k, v in values.items()}
+        return parse_model(cls, cleaned, source)
+
+    def to_hyperparameters(self) -> dict[str, str]:
+        """Every value as a string, the shape SageMaker's ``HyperParameters`` requires."""
+        out = {}
+        for key, value in self.model_dump(exclude_defaults=False).items():
+            if value is None:
+                continue
+            out[key] = json.dumps(value) if isinstance(value, list) else str(value).lower() if isinstance(value, bool) else str(value)
+        return out
+
+
+def _decode_string_value(value: Any) -> Any:
+    if isinstance(value, str) and value.lower() in {"none", "null"}:
+        return None
+    return value
+
+
+class DataSpec(StrictModel):
+    train: str
+    eval: str | None = None
+    general_eval: str | None = None  # general text for the catastrophic-forgetting check (and general_mix)
+
+    def channels(self) -> dict[str, str]:
+        """The data channels the container sees (SageMaker's SM_CHANNEL_<NAME>)."""
+        return {name: uri for name, uri in self.model_dump().items() if uri}
+
+
+_ACCEL = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9_-]*?)\s*(?::\s*(\d+))?\s*$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+
+
+class Accelerator(StrictModel):
+    kind: str
+    count: PositiveInt = 1
+
+    @classmethod
+    def parse(cls, text: str) -> Accelerator:
+        match = _ACCEL.match(text)
+        kinds = catalog.load("gpus")["kinds"]
+        if not match:
+            raise ValueError(f"'{text}' is not KIND[:COUNT], e.g. 'H100:1' or 'A100-80GB:8'")
+        kind = catalog.gpu_kind(match.group(1))
+        if kind is None:
+            raise ValueError(
+                f"unknown GPU kind '{match.group(1)}'.{did_you_mean(match.group(1).upper(), kinds)} "
+                f"Known kinds: {', '.join(kinds)}"
+            )
+        return cls(kind=kind, count=int(match.group(2) or 1))
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.count}"
+
+
+class ComputeSpec(StrictModel):
+    accelerator: Accelerator | None = None  # "H100:1" style; None means the backend's default (CPU locally)
+    instance_type: str | None = None  # an explicit SageMaker instance type or Vertex machine type
+    spot: bool = False
+    max_runtime: int = 24 * 3600  # seconds; accepts "24h", "90m", "2d"
+    nodes: PositiveInt = 1
+
+    @field_validator("accelerator", mode="before")
+    @classmethod
+    def _parse_accelerator(cls, value: Any) -> Any:
+        return Accelerator.parse(value) if isinstance(value, str) else value
+
+    @field_validator("max_runtime", mode="before")
+    @classmethod
+    def _parse_duration(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            match = _DURATION.match(value)
+            if not match:
+                raise ValueError(f"'{value}' is not a duration such as '3600', '90m', '24h' or '2d'")
+            scale = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+            return int(float(match.group(1)) * scale)
+        return value
+
+    @field_validator("max_runtime")
+    @classmethod
+    def _positive_runtime(cls, value: int) -> int:
+        if value <= 0:
+            raise ValueError("must be positive")
+        return value
+
+
+class LocalSection(StrictModel):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class SageMakerSection(StrictModel):
+    region: str | None = None
+    role_arn: str | None = None
+    image_uri: str | None = None
+    bucket: str | None = None
+    volume_gb: PositiveInt = 100
+    subnets: list[str] = []
+    security_group_ids: list[str] = []
+
+
+class VertexSection(StrictModel):
+    project: str | None = None
+    region: str | None = None
+    staging_bucket: str | None = None
+    image_uri: str | None = None
+    service_account: str | None = None
+    network: str | None = None
+
+
+_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
+
+
+class JobSpec(StrictModel):
+    """A fine-tuning job, runnable unchanged on the local, SageMaker and Vertex backends."""
+
+    name: str
+    base_model: str = "tiny-llama"
+    method: Literal["lora", "qlora"] = "lora"
+    hf_token_env: str = "HF_TOKEN"
+    data: DataSpec
+    training: Hyperparameters = Hyperparameters()
+    compute: ComputeSpec = ComputeSpec()
+    output: str | None = None
+    tags: dict[str, str] = {}
+    local: LocalSection = LocalSection()
+    sagemaker: SageMakerSection = SageMakerSection()
+    vertex: VertexSection = VertexSection()
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(
+                f"'{value}' must be 1-40 lower-case letters, digits or '-', starting and ending with a letter or digit"
+            )
+        return value
+
+    # --- loading ---------------------------------------------------------------------------------
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> JobSpec:
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise NotFoundError(f"job spec '{path}' does not exist. To fix: check the path, or run 'launcher init {path}'")
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise SpecError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}). To fix: save it as UTF-8") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark else str(path)
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise SpecError(f"{where}: not valid YAML ({problem}). To fix: correct the YAML syntax there") from None
+        if not isinstance(values, dict):
+            raise SpecError(f"{path}: a job spec is a YAML mapping (name:, data:, ...), not {type(values).__name__}")
+        spec = parse_model(cls, values, str(path))
+        return spec.resolve_paths(path.parent)
+
+    def resolve_paths(self, base: Path) -> JobSpec:
+        """Make relative local data paths relative to the spec file's folder."""
+        updates = {}
+        for key, uri in self.data.channels().items():
+            if "://" not in uri and not Path(uri).is_absolute():
+                updates[key] = str((base / uri).resolve())
+        return self.model_copy(update={"data": self.data.model_copy(update=updates)}) if updates else self
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
+
+    # --- derived ---------------------------------------------------------------------------------
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(
+            base_model=self.base_model, method=self.method, hf_token_env=self.hf_token_env, **self.training.model_dump()
+        )
+
+    def fingerprint(self) -> str:
+        """A stable hash of everything that defines the job (the spec's content)."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def job_id(self, run_name: str = "run1") -> str:
+        """``<name>-<run>-<hash>``: the same spec and run name always give the same id, so a resubmission
+        after a crash or timeout re-attaches instead of launching (and billing) a second job.
+        Fits SageMaker's 63-character job-name rule."""
+        if not re.match(r"^[a-z0-9][a-z0-9-]{0,11}$", run_name):
+            raise SpecError(f"run name '{run_name}' must be 1-12 lower-case letters, digits or '-'")
+        digest = hashlib.sha256(f"{self.fingerprint()}/{run_name}".encode()).hexdigest()[:8]
+        return f"{self.name}-{run_name}-{digest}"
+
+
+# --- error formatting ------------------------------------------------------------------------------
+def parse_model(model: type[StrictModel], values: dict[str, Any], source: str):
+    """Validate ``values`` into ``model``; on failure raise one SpecError naming the first bad key."""
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        raise spec_error(exc, model, source) from None
+
+
+def spec_error(exc: ValidationError, model: type[BaseModel], source: str) -> SpecError:
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    # Drop pydantic's union-member tags ('list[str]', "literal['all-linear']") from the location.
+    loc = [part for part in first["loc"] if isinstance(part, int) or not re.search(r"[\[\]']", str(part))]
+    dotted = ".".join(str(p) for p in loc) or "(top level)"
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    if first["type"] == "extra_forbidden":
+        parent = _model_at(model, loc[:-1])
+        hint = did_you_mean(str(loc[-1]), parent.model_fields) if parent else ""
+        valid = f" Valid keys: {', '.join(parent.model_fields)}." if parent and not hint else ""
+        return SpecError(f"{source}: unknown key '{dotted}'.{hint}{valid}{more}")
+    if first["type"] == "missing":
+        return SpecError(f"{source}: missing required key '{dotted}'. To fix: add it{more}")
+    message = first["msg"].removeprefix("Value error, ")
+    value = first.get("input")
+    shown = f" {value!r}" if len(repr(value)) <= 60 else ""
+    return SpecError(f"{source}: '{dotted}' ={shown} is not valid: {message}. To fix: change '{dotted}'{more}")
+
+
+def _model_at(model: type[BaseModel], loc: list) -> type[BaseModel] | None:
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)) or part not in current.model_fields:
+            return None
+        annotation = current.model_fields[part].annotation
+        current = _first_model(annotation)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _first_model(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _first_model(arg)
+        if found is not None:
+            return found
+    return None
