@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -214,12 +214,16 @@ def _check_order(roles: list[str], where: str) -> None:
 
 
 # --- dataset-level checks (launcher validate) -------------------------------------------------------
+# ``validate_dataset`` never raises for a bad dataset: every problem lands in a report, so ``launcher
+# validate`` can list them all and ``launcher train`` can refuse to stage on ``not report.ok``.
 MIN_RECOMMENDED_EXAMPLES = 1000
+NEAR_EMPTY_ALNUM = 3  # an answer or prompt with fewer letters/digits than this is "near-empty"
+HISTOGRAM_BINS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
 
 @dataclass
 class DatasetReport:
-    """What ``launcher validate`` says about one dataset."""
+    """What ``launcher validate`` says about one dataset (a channel: train, eval or general_eval)."""
 
     path: str
     formats: list[str] = field(default_factory=list)
@@ -231,7 +235,179 @@ class DatasetReport:
     token_lengths: list[int] = field(default_factory=list)
     over_max_seq_len: int = 0
     overlap_with_train: int = 0
+    channel: str = "train"
+    files: list[str] = field(default_factory=list)
+    checked: bool = True  # False for a remote dataset (s3://, gs://) that cannot be read here
 
     @property
     def ok(self) -> bool:
         return not self.errors
+
+    def histogram(self, max_seq_len: int | None = None) -> list[tuple[str, int]]:
+        """Token-length buckets ``("<=64", n), ("65-128", n), ...``; ``max_seq_len`` becomes an edge."""
+        if not self.token_lengths:
+            return []
+        edges = sorted(set(HISTOGRAM_BINS) | ({max_seq_len} if max_seq_len else set()))
+        top = max(self.token_lengths)
+        edges = [e for e in edges if e < top] + [top]
+        counts = [0] * len(edges)
+        for length in self.token_lengths:
+            counts[next(i for i, e in enumerate(edges) if length <= e)] += 1
+        labels = [f"<={edges[0]}"] + [f"{lo + 1}-{hi}" for lo, hi in zip(edges, edges[1:])]
+        return list(zip(labels, counts))
+
+    def to_dict(self, max_seq_len: int | None = None) -> dict:
+        """A JSON-ready summary (token lengths as statistics and a histogram, not the full list)."""
+        lengths = sorted(self.token_lengths)
+        stats = (
+            {
+                "min": lengths[0],
+                "median": lengths[len(lengths) // 2],
+                "p95": lengths[min(len(lengths) - 1, int(len(lengths) * 0.95))],
+                "max": lengths[-1],
+                "histogram": dict(self.histogram(max_seq_len)),
+            }
+            if lengths
+            else None
+        )
+        return {
+            "channel": self.channel,
+            "path": self.path,
+            "files": self.files,
+            "checked": self.checked,
+            "ok": self.ok,
+            "formats": self.formats,
+            "examples": self.examples,
+            "duplicates": self.duplicates,
+            "near_empty": self.near_empty,
+            "over_max_seq_len": self.over_max_seq_len,
+            "overlap_with_train": self.overlap_with_train,
+            "tokens": stats,
+            "errors": self.errors,
+            "warnings": self.warnings,
+        }
+
+
+def validate_dataset(
+    train: str | Path,
+    eval: str | Path | None = None,  # noqa: A002 - the channel's name
+    general_eval: str | Path | None = None,
+    *,
+    count_tokens: Callable[[Example], int] | None = None,
+    max_seq_len: int | None = None,
+) -> list[DatasetReport]:
+    """Check every given dataset; one report per dataset, train first.
+
+    Errors (the dataset cannot be trained on): every invalid line as ``file:line: ...``, a missing
+    file, an empty dataset. Warnings: duplicates, near-empty examples, examples longer than
+    ``max_seq_len`` (when ``count_tokens`` is given), eval prompts that also appear in train, and a
+    training set under ``MIN_RECOMMENDED_EXAMPLES``.
+    """
+    reports = []
+    train_prompts: dict[str, str] | None = None
+    for channel, uri in (("train", train), ("eval", eval), ("general_eval", general_eval)):
+        if uri is None:
+            continue
+        report, examples = _check_one(channel, uri, count_tokens, max_seq_len)
+        if channel == "train":
+            train_prompts = {}
+            for example in examples:
+                train_prompts.setdefault(_prompt_key(example), f"{example.source}:{example.line}")
+        elif train_prompts:
+            _check_overlap(report, examples, train_prompts)
+        reports.append(report)
+    return reports
+
+
+def _check_one(
+    channel: str, uri: str | Path, count_tokens: Callable[[Example], int] | None, max_seq_len: int | None
+) -> tuple[DatasetReport, list[Example]]:
+    report = DatasetReport(path=str(uri), channel=channel)
+    if "://" in str(uri):
+        report.checked = False
+        report.warnings.append(f"{uri}: a remote dataset is not read here; the training job validates it before training")
+        return report, []
+    try:
+        report.files = [str(p) for p in dataset_files(uri)]
+    except NotFoundError as exc:
+        report.errors.append(str(exc))
+        return report, []
+    examples = list(iter_examples(uri, allow_text=channel == "general_eval", errors=report.errors))
+    report.examples = len(examples)
+    report.formats = sorted({e.fmt for e in examples})
+    if not examples and not report.errors:
+        report.errors.append(f"{uri}: the dataset holds no examples. To fix: add JSONL lines, one example a line")
+    first_seen: dict[str, Example] = {}
+    first_duplicate = first_near_empty = None
+    for example in examples:
+        seen = first_seen.setdefault(example.key(), example)
+        if seen is not example:
+            report.duplicates += 1
+            first_duplicate = first_duplicate or (example, seen)
+        if _near_empty(example):
+            report.near_empty += 1
+            first_near_empty = first_near_empty or example
+    if first_duplicate:
+        dup, seen = first_duplicate
+        report.warnings.append(
+            f"{dup.source}:{dup.line}: duplicate of line {seen.line}"
+            + (f" of {seen.source}" if seen.source != dup.source else "")
+            + f" ({report.duplicates} duplicate example{'s' if report.duplicates != 1 else ''} in all). "
+            "To fix: remove the repeats, they weigh those examples double"
+        )
+    if first_near_empty:
+        report.warnings.append(
+            f"{first_near_empty.source}:{first_near_empty.line}: near-empty example "
+            f"({report.near_empty} in all have a prompt or answer with fewer than {NEAR_EMPTY_ALNUM} letters or digits). "
+            "To fix: fill them in or remove them"
+        )
+    if count_tokens is not None:
+        report.token_lengths = [int(count_tokens(e)) for e in examples]
+        if max_seq_len:
+            over = [(e, n) for e, n in zip(examples, report.token_lengths) if n > max_seq_len]
+            report.over_max_seq_len = len(over)
+            if over:
+                e, n = over[0]
+                report.warnings.append(
+                    f"{e.source}:{e.line}: {n} tokens, over max_seq_len {max_seq_len} "
+                    f"({len(over)} of {len(examples)} examples will be truncated). "
+                    "To fix: raise training.max_seq_len or shorten those examples"
+                )
+    if channel == "train" and 0 < len(examples) < MIN_RECOMMENDED_EXAMPLES:
+        report.warnings.append(
+            f"{uri}: only {len(examples)} training examples; about {MIN_RECOMMENDED_EXAMPLES:,} are usually needed "
+            "for a noticeable improvement. To fix: add more examples"
+        )
+    return report, examples
+
+
+def _check_overlap(report: DatasetReport, examples: list[Example], train_prompts: dict[str, str]) -> None:
+    first = None
+    for example in examples:
+        match = train_prompts.get(_prompt_key(example))
+        if match:
+            report.overlap_with_train += 1
+            first = first or (example, match)
+    if first:
+        example, match = first
+        report.warnings.append(
+            f"{example.source}:{example.line}: the same prompt is in the training set at {match} "
+            f"({report.overlap_with_train} of {len(examples)} {report.channel} examples overlap with train), "
+            "so eval scores overstate the model. To fix: remove them from one of the two sets"
+        )
+
+
+def _prompt_key(example: Example) -> str:
+    if example.text is not None:
+        return example.key()
+    return " ".join("\x1e".join(f"{r}\x1f{c.strip()}" for r, c in example.prompt).lower().split())
+
+
+def _near_empty(example: Example) -> bool:
+    def alnum(text: str) -> int:
+        return sum(ch.isalnum() for ch in text)
+
+    if example.text is not None:
+        return alnum(example.text) < NEAR_EMPTY_ALNUM
+    user = " ".join(c for r, c in example.prompt if r == "user")
+    return alnum(example.reference) < NEAR_EMPTY_ALNUM or alnum(user) < NEAR_EMPTY_ALNUM
