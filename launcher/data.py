@@ -114,7 +114,7 @@ def load_examples(uri: str | Path, *, allow_text: bool = False) -> list[Example]
 
 def _parse_line(raw: bytes, where: str, allow_text: bool) -> Example:
     try:
-        line = raw.decode("utf-8")
+        line = raw.decode("utf-8").rstrip("\r\n")  # so a JSON error points at a column of the line, not past it
     except UnicodeDecodeError as exc:
         raise DataError(
             f"{where}: not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}). To fix: re-encode the file as UTF-8"
