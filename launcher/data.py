@@ -218,7 +218,7 @@ def _check_order(roles: list[str], where: str) -> None:
 # validate`` can list them all and ``launcher train`` can refuse to stage on ``not report.ok``.
 MIN_RECOMMENDED_EXAMPLES = 1000
 NEAR_EMPTY_ALNUM = 3  # an answer or prompt with fewer letters/digits than this is "near-empty"
-HISTOGRAM_BINS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
+HISTOGRAM_BINS = (32, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192, 12288, 16384)
 
 
 @dataclass
@@ -254,7 +254,8 @@ class DatasetReport:
         for length in self.token_lengths:
             counts[next(i for i, e in enumerate(edges) if length <= e)] += 1
         labels = [f"<={edges[0]}"] + [f"{lo + 1}-{hi}" for lo, hi in zip(edges, edges[1:])]
-        return list(zip(labels, counts))
+        first = next(i for i, n in enumerate(counts) if n)  # no run of empty buckets below the shortest
+        return list(zip(labels, counts))[first:]
 
     def to_dict(self, max_seq_len: int | None = None) -> dict:
         """A JSON-ready summary (token lengths as statistics and a histogram, not the full list)."""

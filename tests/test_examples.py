@@ -1,0 +1,72 @@
+"""The example domain dataset and job specs in examples/: reproducible, valid, and honest about facts."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+from launcher.data import load_examples, validate_dataset
+from launcher.spec import JobSpec
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _make_dataset():
+    spec = importlib.util.spec_from_file_location("make_dataset", EXAMPLES / "make_dataset.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_script_regenerates_the_committed_files_byte_for_byte(tmp_path):
+    _make_dataset().main(["--out", str(tmp_path)])
+    for name in ("train.jsonl", "eval.jsonl"):
+        assert (tmp_path / name).read_bytes() == (EXAMPLES / "data" / name).read_bytes(), name
+
+
+def test_dataset_is_large_enough_clean_and_split_without_overlap():
+    train, eval_ = validate_dataset(EXAMPLES / "data" / "train.jsonl", EXAMPLES / "data" / "eval.jsonl")
+    assert train.ok and eval_.ok
+    assert train.examples >= 1000 and 100 <= eval_.examples <= 150
+    assert train.formats == eval_.formats == ["messages"]
+    assert train.duplicates == eval_.duplicates == 0
+    assert eval_.overlap_with_train == 0
+    assert train.warnings == [] and eval_.warnings == []
+
+
+def test_summaries_are_short_and_use_only_the_facts_in_the_prompt():
+    examples = load_examples(EXAMPLES / "data" / "train.jsonl") + load_examples(EXAMPLES / "data" / "eval.jsonl")
+    for example in examples:
+        (role, system), (_, user), (_, answer) = example.messages
+        assert role == "system"
+        assert 30 <= len(answer.split()) <= 80, example.line
+        assert answer.startswith("Summary for ") and "\nAdviser note: " in answer
+        # Every figure in the summary (amounts, ages, years) is one the client sheet gives.
+        for figure in re.findall(r"\$\d{1,3}(?:,\d{3})*|\b\d+\b", answer):
+            assert figure in user, (example.source, example.line, figure)
+        name = user.splitlines()[0].removeprefix("Client: ")
+        assert answer.startswith(f"Summary for {name}, ")
+
+
+def test_job_specs_load_and_start_with_the_command_that_runs_them():
+    demo = JobSpec.from_yaml(EXAMPLES / "fin-summary.yaml")
+    assert demo.base_model == "tiny-llama" and demo.compute.accelerator is None
+    assert Path(demo.data.train) == EXAMPLES / "data" / "train.jsonl"
+    assert (EXAMPLES / "fin-summary.yaml").read_text().splitlines()[0] == (
+        "# launcher train examples/fin-summary.yaml --backend local"
+    )
+    big = JobSpec.from_yaml(EXAMPLES / "fin-summary-8b.yaml")
+    assert (big.base_model, big.method, str(big.compute.accelerator), big.compute.spot) == (
+        "meta-llama/Meta-Llama-3-8B-Instruct",
+        "qlora",
+        "H100:1",
+        True,
+    )
+    assert (EXAMPLES / "fin-summary-8b.yaml").read_text().startswith("# launcher plan examples/fin-summary-8b.yaml\n")
+
+
+def test_every_line_is_one_json_object_with_a_system_prompt():
+    first = json.loads((EXAMPLES / "data" / "train.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    assert [m["role"] for m in first["messages"]] == ["system", "user", "assistant"]
