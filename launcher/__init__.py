@@ -10,6 +10,12 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 __all__ = [
+    "Job",
+    "JobHandle",
+    "JobInfo",
+    "JobState",
+    "attach",
+    "launch",
     "JobSpec",
     "TrainConfig",
     "LauncherError",
@@ -17,6 +23,12 @@ __all__ = [
 ]
 
 _LAZY = {
+    "Job": "launcher.api",
+    "JobHandle": "launcher.api",
+    "attach": "launcher.api",
+    "launch": "launcher.api",
+    "JobInfo": "launcher.backends.base",
+    "JobState": "launcher.backends.base",
     "JobSpec": "launcher.spec",
     "TrainConfig": "launcher.spec",
     "LauncherError": "launcher.errors",
@@ -24,6 +36,8 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover
+    from launcher.api import Job, JobHandle, attach, launch
+    from launcher.backends.base import JobInfo, JobState
     from launcher.errors import LauncherError, UserInputError
     from launcher.spec import JobSpec, TrainConfig
 

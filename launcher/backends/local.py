@@ -1,0 +1,363 @@
+"""The local backend: a training job is a detached process on this machine.
+
+Each job lives in ``$LAUNCHER_HOME/jobs/<job-id>/``, in the SageMaker layout the training entrypoint
+expects (``input/config/hyperparameters.json``, ``input/data/<channel>/``, ``model/``, ``checkpoints/``,
+``output/failure``), plus ``job.json`` (what was submitted, and the command), ``state.json`` (written by
+the submitter and the runner only), ``logs.txt`` (stdout and stderr of every attempt, appended) and
+``cancel`` (present once a user asked to cancel).
+
+Design decisions that are not obvious:
+
+* **Liveness is a lock, not a pid.** The submitter takes an exclusive flock on ``run.lock`` before it
+  starts anything and hands the open descriptor to the runner (``_local_runner``), which hands it to the
+  entrypoint. The lock is held exactly as long as any process of the job lives, and the kernel drops it
+  when they die, however they die. A pid could be reused; a lock cannot be held by a stranger.
+* **State survives the CLI.** The runner is started in a new session and daemonises (double fork), so
+  closing the terminal or Ctrl-C in ``launcher train`` leaves the job running. The runner waits for the
+  entrypoint and records its exit code atomically; if the runner itself is killed, ``status`` sees a
+  free lock and a non-final state and says so.
+* **Idempotent submission.** The job id comes from the spec and the run name. Under a per-job lock,
+  a job that is pending, running or succeeded is re-attached (no second process); an interrupted, failed
+  or cancelled one is resumed in the same folder: its inputs are staged again (so a fixed data file is
+  picked up) and the entrypoint resumes from its newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from launcher.backends.base import Backend, Feature, JobInfo, JobState
+from launcher.backends.registry import file_lock, home, write_json
+from launcher.errors import BackendError, NotFoundError, UnsupportedError
+
+if TYPE_CHECKING:
+    from launcher.spec import JobSpec
+
+ENTRYPOINT = "entrypoints.train"
+DEFAULT_GRACE_S = 30.0
+_ACTIVE = (JobState.PENDING, JobState.RUNNING, JobState.STOPPING)
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class LocalBackend(Backend):
+    """Jobs as detached processes under ``$LAUNCHER_HOME/jobs``."""
+
+    name: ClassVar[str] = "local"
+    unsupported: ClassVar[dict[Feature, str]] = {
+        Feature.MULTI_NODE: "it runs on this one machine. To fix: set compute.nodes to 1, or use --backend sagemaker/vertex",
+    }
+
+    def __init__(self, root: Path | None = None, grace_s: float | None = None, entrypoint: str = ENTRYPOINT):
+        self.root = Path(root) if root else home()
+        self.grace_s = float(os.environ.get("LAUNCHER_CANCEL_GRACE", DEFAULT_GRACE_S)) if grace_s is None else grace_s
+        self.entrypoint = entrypoint
+
+    # --- paths -------------------------------------------------------------------------------------
+    @property
+    def jobs_dir(self) -> Path:
+        return self.root / "jobs"
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.jobs_dir / job_id
+
+    def _existing(self, job_id: str) -> Path:
+        folder = self.job_dir(job_id)
+        if not (folder / "job.json").is_file():
+            raise NotFoundError(
+                f"no local job '{job_id}' under {self.jobs_dir}. To fix: run 'launcher list' to see job ids"
+            )
+        return folder
+
+    # --- training ----------------------------------------------------------------------------------
+    def check(self, spec: JobSpec) -> None:
+        """What the local backend cannot run; raised before anything is written."""
+        if spec.compute.nodes > 1:
+            self.require(Feature.MULTI_NODE)
+        for channel, uri in spec.data.channels().items():
+            if "://" in uri:
+                raise UnsupportedError(
+                    f"data.{channel} = '{uri}': the local backend reads local files only. "
+                    "To fix: download the data and point at the local copy, or use --backend sagemaker/vertex"
+                )
+
+    def stage(self, spec: JobSpec, job_id: str) -> dict[str, str]:
+        """Copy the data files into ``input/data/<channel>/`` and write the hyperparameters; the new
+        ``input/`` replaces the old one in one rename."""
+        from launcher.data import dataset_files
+
+        self.check(spec)
+        folder = self.job_dir(job_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".input-", dir=folder))
+        staged = {}
+        try:
+            for channel, uri in spec.data.channels().items():
+                target = tmp / "data" / channel
+                target.mkdir(parents=True)
+                source = Path(uri)
+                for path in dataset_files(source):
+                    name = "__".join(path.relative_to(source).parts) if source.is_dir() else path.name
+                    shutil.copyfile(path, target / name)
+                staged[channel] = str(folder / "input" / "data" / channel)
+            write_json(tmp / "config" / "hyperparameters.json", spec.train_config().to_hyperparameters())
+            old = folder / "input"
+            if old.exists():
+                old.rename(folder / f".input-old-{os.getpid()}")
+            tmp.rename(old)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            for leftover in folder.glob(".input-old-*"):
+                shutil.rmtree(leftover, ignore_errors=True)
+        return staged
+
+    def submit(self, spec: JobSpec, run_name: str = "run1") -> JobInfo:
+        self.check(spec)
+        job_id = spec.job_id(run_name)
+        folder = self.job_dir(job_id)
+        with file_lock(self.root / "locks" / f"{job_id}.lock"):
+            lock = _take_run_lock(folder)
+            if lock is None:  # alive: re-attach
+                return self._reattached(self.status(job_id))
+            try:
+                if (folder / "job.json").is_file():
+                    info = self.status(job_id)
+                    if info.state is JobState.SUCCEEDED:
+                        return self._reattached(info)
+                    attempt = _read_json(folder / "state.json").get("attempt", 0) + 1
+                else:
+                    attempt = 1
+                try:
+                    self.stage(spec, job_id)
+                except BaseException:
+                    if attempt == 1:  # leave no half-made job behind
+                        shutil.rmtree(folder, ignore_errors=True)
+                    raise
+                if attempt == 1:
+                    (folder / "spec.yaml").write_text(spec.to_yaml(), encoding="utf-8")
+                    write_json(
+                        folder / "job.json",
+                        {
+                            "job_id": job_id,
+                            "name": spec.name,
+                            "run_name": run_name,
+                            "created_at": now(),
+                            "created_ts": time.time(),
+                            "device": spec.local.device,
+                            "command": [sys.executable, "-m", self.entrypoint, "--root", str(folder)],
+                        },
+                    )
+                with contextlib.suppress(FileNotFoundError):
+                    (folder / "cancel").unlink()
+                self._start(folder, lock, attempt)
+            finally:
+                os.close(lock)
+        return self.status(job_id)
+
+    def _start(self, folder: Path, lock_fd: int, attempt: int) -> None:
+        """Start the runner detached (new session, double fork); it inherits the run lock."""
+        job = _read_json(folder / "job.json")
+        env = dict(os.environ, LAUNCHER_DEVICE=job["device"], PYTHONUNBUFFERED="1")
+        write_json(folder / "state.json", {"state": "PENDING", "attempt": attempt, "updated_at": now()})
+        with open(folder / "logs.txt", "ab") as log:
+            runner = subprocess.Popen(
+                [sys.executable, "-m", "launcher.backends._local_runner", str(folder), str(lock_fd)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                cwd=folder,
+                env=env,
+                pass_fds=(lock_fd,),
+                start_new_session=True,
+            )
+        if runner.wait() != 0:  # the first process only forks and exits
+            raise BackendError(f"could not start the local runner for {folder.name}; see {folder / 'logs.txt'}")
+
+    def _reattached(self, info: JobInfo) -> JobInfo:
+        info.extra["reattached"] = True
+        return info
+
+    def status(self, job_id: str) -> JobInfo:
+        folder = self._existing(job_id)
+        job = _read_json(folder / "job.json")
+        state = _read_json(folder / "state.json")
+        alive = _lock_held(folder)
+        cancel = (folder / "cancel").exists()
+        value = JobState(state.get("state", "PENDING"))
+        message = state.get("message", "")
+        if alive:
+            if cancel:
+                value, message = JobState.STOPPING, "cancel requested"
+        elif value in _ACTIVE:
+            if cancel:
+                value, message = JobState.CANCELLED, "cancelled by user"
+            else:
+                value = JobState.FAILED
+                message = (
+                    "the job's processes ended without recording an exit code (killed, or the machine restarted). "
+                    "To fix: submit it again to resume from its newest checkpoint"
+                )
+        return JobInfo(
+            job_id=job_id,
+            backend=self.name,
+            state=value,
+            name=job.get("name", ""),
+            created_at=job.get("created_at", ""),
+            updated_at=state.get("updated_at", ""),
+            message=message,
+            output=str(folder / "model"),
+            extra={
+                "run_name": job.get("run_name", ""),
+                "attempt": state.get("attempt", 0),
+                "exit_code": state.get("exit_code"),
+                "pgid": state.get("pgid"),
+                "device": job.get("device", ""),
+                "job_dir": str(folder),
+                "logs": str(folder / "logs.txt"),
+            },
+        )
+
+    def logs(self, job_id: str, follow: bool = False, poll: float = 0.2) -> Iterator[str]:
+        folder = self._existing(job_id)
+        path = folder / "logs.txt"
+        pending = b""
+        with open(path, "a+b") as handle:  # "a+" creates it when the job has not written yet
+            handle.seek(0)
+            while True:
+                chunk = handle.read()
+                if chunk:
+                    pending += chunk
+                    *lines, pending = pending.split(b"\n")
+                    for line in lines:
+                        yield line.decode("utf-8", "replace")
+                    continue
+                if not follow or not _lock_held(folder):
+                    rest = handle.read()  # whatever was written between the last read and the job's end
+                    pending += rest
+                    if rest:
+                        continue
+                    break
+                time.sleep(poll)
+        if pending:
+            yield pending.decode("utf-8", "replace")
+
+    def cancel(self, job_id: str, grace_s: float | None = None) -> JobInfo:
+        """SIGTERM to the job's process group (the entrypoint checkpoints and exits), then SIGKILL
+        once ``grace_s`` seconds have passed."""
+        folder = self._existing(job_id)
+        if not _lock_held(folder):
+            return self.status(job_id)
+        (folder / "cancel").write_text(now() + "\n", encoding="utf-8")
+        pgid = self._wait_for_pgid(folder)
+        if pgid is None:
+            return self.status(job_id)
+        grace = self.grace_s if grace_s is None else grace_s
+        _signal_group(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while _lock_held(folder) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _lock_held(folder):
+            _signal_group(pgid, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while _lock_held(folder) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        return self.status(job_id)
+
+    def _wait_for_pgid(self, folder: Path) -> int | None:
+        """The job's process group, which the runner records first thing; None once the job has ended."""
+        deadline = time.monotonic() + 10
+        while _lock_held(folder):
+            pgid = _read_json(folder / "state.json").get("pgid")
+            if pgid:
+                return int(pgid)
+            if time.monotonic() > deadline:
+                raise BackendError(f"cannot find the process group of job {folder.name}; see {folder / 'logs.txt'}")
+            time.sleep(0.05)
+        return None
+
+    def list(self, state: JobState | None = None) -> list[JobInfo]:
+        if not self.jobs_dir.is_dir():
+            return []
+        found = []
+        for folder in self.jobs_dir.iterdir():
+            if folder.name.startswith(".") or not (folder / "job.json").is_file():
+                continue
+            info = self.status(folder.name)
+            if state is None or info.state is state:
+                created = _read_json(folder / "job.json").get("created_ts", 0.0)
+                found.append((created, info))
+        return [info for _, info in sorted(found, key=lambda pair: pair[0], reverse=True)]
+
+    def metrics(self, job_id: str) -> dict[str, Any]:
+        path = self._existing(job_id) / "model" / "metrics.json"
+        if not path.is_file():
+            info = self.status(job_id)
+            raise NotFoundError(
+                f"job '{job_id}' has no metrics yet ({info.state.value}): {path} does not exist. "
+                "To fix: wait until the job has succeeded"
+            )
+        return json.loads(path.read_text(encoding="utf-8"))
+
+
+# --- helpers shared with the runner ------------------------------------------------------------------
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+
+
+def _merge_state(folder: Path, **updates: Any) -> None:
+    state = _read_json(folder / "state.json")
+    state.update(updates, updated_at=now())
+    write_json(folder / "state.json", state)
+
+
+def _take_run_lock(folder: Path) -> int | None:
+    """Open ``run.lock`` and take it exclusively; None when the job holds it (it is alive).
+    Retries briefly, because a concurrent ``status`` probe holds it for microseconds."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / "run.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    for _ in range(20):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            time.sleep(0.02)
+    os.close(fd)
+    return None
+
+
+def _lock_held(folder: Path) -> bool:
+    """True while any process of the job is alive (it holds ``run.lock``)."""
+    try:
+        fd = os.open(folder / "run.lock", os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)
