@@ -1,5 +1,118 @@
-"""(being written)"""
+"""``launcher report`` and ``launcher review``: the evaluation step after a job has finished.
+
+``report`` writes one self-contained HTML file and prints the base-vs-tuned table (the demo ends with
+it). ``review`` exports the samples to a CSV for human raters and imports their 1-5 ratings back into
+the job's metrics. The logic lives in ``launcher.report``; this module is presentation only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from launcher.errors import UserInputError
 
 
-def register(app):
-    pass
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def report(
+        job: str = typer.Argument(..., help="A local job id, or the path of a job's model dir."),
+        out: Path = typer.Option(None, "--out", "-o", help="The HTML file to write (default: MODEL_DIR/report.html)."),
+        as_json: bool = typer.Option(False, "--json", help="Print the report path and the metrics as JSON."),
+    ) -> None:
+        """Write an HTML report of a finished job: loss curve, base vs tuned metrics, samples."""
+        from launcher.report import render_html, resolve_model_dir, write_atomic
+
+        model = resolve_model_dir(job)
+        target = out or model.path / "report.html"
+        write_atomic(target, render_html(model))
+        if as_json:
+            typer.echo(json.dumps({"job": model.job_id, "report": str(target), "metrics": model.metrics}, indent=2))
+            return
+        print_quality_table(model.metrics, title=f"{model.job_id}: base vs tuned")
+        typer.echo(f"Report written to {target}")
+
+    @app.command()
+    def review(
+        job: str = typer.Argument(..., help="A local job id, or the path of a job's model dir."),
+        out: Path = typer.Option(None, "--out", "-o", help="Export the samples to this CSV for reviewers."),
+        import_path: Path = typer.Option(None, "--import", help="Import the reviewers' filled-in CSV into the job's metrics."),
+        force: bool = typer.Option(False, "--force", help="With --out: overwrite an existing file."),
+        as_json: bool = typer.Option(False, "--json", help="With --import: print the imported summary as JSON."),
+    ) -> None:
+        """Human review: export samples to rate (factual accuracy, tone, guideline adherence, 1-5), then import the ratings."""
+        from launcher.report import CRITERIA, ReviewErrors, export_review, import_review, resolve_model_dir
+
+        if (out is None) == (import_path is None):
+            raise UserInputError("review needs exactly one of --out FILE.csv or --import FILE.csv. To fix: pass one of them")
+        model = resolve_model_dir(job)
+        if out is not None:
+            rows = export_review(model, out, force=force)
+            typer.echo(
+                f"Wrote {rows} samples to {out}. Rate {', '.join(CRITERIA)} from 1 to 5 (comment optional), "
+                f"then run: launcher review {job} --import {out}"
+            )
+            return
+        try:
+            summary = import_review(model, import_path)
+        except ReviewErrors as exc:
+            for line in exc.lines:
+                typer.echo(line, err=True)
+            raise
+        if as_json:
+            typer.echo(json.dumps(summary, indent=2))
+            return
+        _print_review(summary)
+        typer.echo(f"Imported {summary['count']} rated samples into {model.path / 'metrics.json'}")
+
+
+def print_quality_table(metrics: dict, title: str) -> None:
+    """The base-vs-tuned table (quality metrics, eval loss, forgetting) on the terminal."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from launcher.report import fmt, fmt_change, quality_rows
+
+    table = Table(title=title, title_justify="left")
+    for column in ("metric", "base", "tuned", "change"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for key, base, tuned, gain in quality_rows(metrics):
+        style = "green" if gain and gain > 0 else "red" if gain and gain < 0 else None
+        table.add_row(key, fmt(base), fmt(tuned), fmt_change(gain), style=style)
+    evals = metrics.get("eval") or {}
+    if evals.get("loss_base") is not None:
+        change = (evals["loss_tuned"] - evals["loss_base"]) / evals["loss_base"] * 100 if evals["loss_base"] else None
+        table.add_row("eval loss", fmt(evals["loss_base"], 4), fmt(evals.get("loss_tuned"), 4), fmt_change(change))
+    forgetting = metrics.get("forgetting")
+    if forgetting:
+        table.add_row(
+            "general ppl", fmt(forgetting["general_ppl_base"]), fmt(forgetting["general_ppl_tuned"]),
+            fmt_change(forgetting["rise_pct"]), style="red" if forgetting.get("warning") else None,
+        )
+    console = Console(highlight=False)
+    console.print(table)
+    scored = (metrics.get("quality") or {}).get("samples_scored")
+    if scored:
+        console.print(f"ROUGE/BLEU/chrF (0-100) on {scored} held-out examples.")
+    if forgetting and forgetting.get("warning"):
+        console.print(
+            f"Warning: general-text perplexity rose {forgetting['rise_pct']:.1f}% (threshold {forgetting['threshold_pct']:.1f}%): "
+            "the model may have forgotten general skills.", style="yellow",
+        )
+
+
+def _print_review(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Human review ({summary['count']} samples)", title_justify="left")
+    table.add_column("criterion")
+    table.add_column("mean", justify="right")
+    for score in range(1, 6):
+        table.add_column(str(score), justify="right")
+    for criterion in summary["criteria"]:
+        dist = summary["distribution"][criterion]
+        table.add_row(criterion, f"{summary['means'][criterion]:.2f}", *(str(dist[str(s)]) for s in range(1, 6)))
+    Console(highlight=False).print(table)
