@@ -32,3 +32,77 @@ def _isolated_home(tmp_path, monkeypatch, launcher_cache):
     """Local job state goes to a per-test folder; the cache is shared."""
     monkeypatch.setenv("LAUNCHER_HOME", str(tmp_path / ".launcher"))
     monkeypatch.setenv("LAUNCHER_CACHE", launcher_cache)
+
+
+# --- training jobs -----------------------------------------------------------------------------------
+NAMES = ["Alice Moreno", "Bob Chen", "Carol Singh", "Dan Okafor", "Eve Larsen", "Frank Rossi", "Grace Kim", "Heidi Novak"]
+RISKS = ["conservative", "moderate", "aggressive"]
+
+
+def summary_records(n: int, seed: int = 0) -> list[dict]:
+    """A small structured task whose facts are in the prompt (the shape of the demo's task)."""
+    import random
+
+    rng = random.Random(seed)
+    records = []
+    for _ in range(n):
+        name, age, risk = rng.choice(NAMES), rng.randint(25, 80), rng.choice(RISKS)
+        cash = rng.randint(1, 99) * 1000
+        records.append({
+            "prompt": f"Client {name}, age {age}, risk {risk}, cash ${cash:,}. Write the summary.",
+            "completion": f"Client: {name}. Age: {age}. Risk: {risk}. Cash: ${cash:,}.",
+        })
+    return records
+
+
+def write_jsonl(path, records) -> None:
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+
+
+SMALL_HP = {
+    "epochs": "2", "max_seq_len": "96", "micro_batch_size": "8", "gradient_accumulation_steps": "1",
+    "learning_rate": "1e-2", "eval_samples": "4", "review_samples": "4", "max_new_tokens": "24",
+    "checkpoint_every": "5", "logging_steps": "5", "lora_r": "8", "lora_alpha": "16",
+}
+
+
+@pytest.fixture
+def make_job(tmp_path):
+    """Lay out a local job (the SageMaker layout rooted at a folder) and return its root."""
+    import json
+
+    def make(train=None, hp=None, eval=None, general=None, name="job"):
+        root = tmp_path / name
+        write_jsonl(root / "input/data/train/train.jsonl", summary_records(48) if train is None else train)
+        if eval is not None:
+            write_jsonl(root / "input/data/eval/eval.jsonl", eval)
+        if general is not None:
+            write_jsonl(root / "input/data/general_eval/general.jsonl", general)
+        config = root / "input/config"
+        config.mkdir(parents=True, exist_ok=True)
+        (config / "hyperparameters.json").write_text(json.dumps({**SMALL_HP, **(hp or {})}))
+        return root
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def finished_job(tmp_path_factory, launcher_cache):
+    """A real finished training job (tiny-llama, in-process): its root folder; outputs in root/model."""
+    import json
+
+    from entrypoints import platform, train
+    from launcher.spec import TrainConfig
+
+    root = tmp_path_factory.mktemp("finished-job")
+    write_jsonl(root / "input/data/train/train.jsonl", summary_records(48))
+    (root / "input/config").mkdir(parents=True)
+    (root / "input/config/hyperparameters.json").write_text(json.dumps(SMALL_HP))
+    plat = platform.detect(["--root", str(root)])
+    train.run(plat, TrainConfig.from_mapping(plat.hyperparameters), install_signals=False)
+    return root

@@ -1,0 +1,197 @@
+"""Base model and tokenizer: where they come from, and how LoRA / QLoRA wrap them.
+
+``base_model`` is one of:
+
+* ``tiny-llama``: built offline (see ``tiny_llama``);
+* a local folder with ``config.json``;
+* ``s3://bucket/prefix`` (downloaded with boto3, which honours ``AWS_ENDPOINT_URL``) or
+  ``gs://bucket/prefix`` (read through the ``/gcs`` mount on Vertex AI, else downloaded with
+  google-cloud-storage);
+* a Hugging Face model id, downloaded inside the job. Its token is read from the environment
+  variable the job names (``hf_token_env``, default ``HF_TOKEN``), never from hyperparameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from launcher.errors import MissingExtraError, NotFoundError
+
+if TYPE_CHECKING:
+    from launcher.spec import TrainConfig
+
+# A plain fallback chat template for base models that ship none; EOS closes each assistant turn.
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '### ' + message['role'] | capitalize + ':\n' + message['content'] }}"
+    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\n\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '### Assistant:\n' }}{% endif %}"
+)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("LAUNCHER_CACHE") or Path.home() / ".cache" / "launcher")
+
+
+def resolve(base_model: str) -> str:
+    """A local folder or a Hub id that ``from_pretrained`` can load."""
+    if base_model == "tiny-llama":
+        from entrypoints import tiny_llama
+
+        return str(tiny_llama.materialize(cache_root()))
+    if base_model.startswith("s3://"):
+        return str(_download_s3(base_model))
+    if base_model.startswith("gs://"):
+        from entrypoints.platform import gcs_path
+
+        mounted = gcs_path(base_model)
+        return str(mounted) if mounted.is_dir() else str(_download_gcs(base_model))
+    path = Path(base_model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise NotFoundError(f"base model folder '{path}' has no config.json. To fix: point at a saved Hugging Face model")
+        return str(path)
+    if base_model.startswith((".", "/", "~")):
+        raise NotFoundError(f"base model folder '{base_model}' does not exist. To fix: check the path")
+    return base_model  # a Hub id
+
+
+def hub_token(config: TrainConfig) -> str | None:
+    return os.environ.get(config.hf_token_env) or None
+
+
+def load_tokenizer(base_model: str, token: str | None = None):
+    """The base model's tokenizer, with a pad token and a chat template guaranteed."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve(base_model), token=token)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+    return tokenizer
+
+
+def load_model(config: TrainConfig, device: str, *, dtype, gradient_checkpointing: bool, attn_implementation: str):
+    """Load the frozen base (4-bit NF4 for QLoRA) and wrap it with LoRA adapters."""
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"dtype": dtype, "attn_implementation": attn_implementation, "token": hub_token(config)}
+    if config.method == "qlora":
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise MissingExtraError("bitsandbytes", "train", "QLoRA") from None
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+        kwargs["device_map"] = {"": device if device != "cuda" else torch.cuda.current_device()}
+    model = AutoModelForCausalLM.from_pretrained(resolve(config.base_model), **kwargs)
+    if config.method == "qlora":
+        disable_cpu_inference_repack(model)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    else:
+        model.to(device)
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=config.target_modules,
+        use_rslora=config.use_rslora,
+        use_dora=config.use_dora,
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, lora)
+    model.config.use_cache = False
+    return model
+
+
+def disable_cpu_inference_repack(model) -> None:
+    """bitsandbytes on CPUs with AVX512-BF16 repacks 4-bit weights at the first no-grad forward for an
+    inference kernel without autograd, after which training gradients are silently wrong (NOTES.md).
+    Turning that kernel off on every 4-bit layer keeps eval-then-train correct."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
+def _download_s3(uri: str) -> Path:
+    try:
+        import boto3
+    except ImportError:
+        raise MissingExtraError("boto3", "aws", f"Loading the base model from {uri}") from None
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    target = cache_root() / "models" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    if (target / "config.json").is_file():
+        return target
+    client = boto3.client("s3")
+    paginator = client.get_paginator("list_objects_v2")
+    keys = [obj["Key"] for page in paginator.paginate(Bucket=bucket, Prefix=prefix) for obj in page.get("Contents", [])]
+    if not keys:
+        raise NotFoundError(f"no objects under {uri}. To fix: upload the model there or check the prefix")
+
+    def fetch(tmp: Path) -> None:
+        for key in keys:
+            if key.endswith("/"):
+                continue
+            dest = tmp / key[len(prefix):].lstrip("/")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            client.download_file(bucket, key, str(dest))
+
+    return _atomic_folder(target, fetch)
+
+
+def _download_gcs(uri: str) -> Path:
+    try:
+        from google.cloud import storage
+    except ImportError:
+        raise MissingExtraError("google-cloud-storage", "gcp", f"Loading the base model from {uri}") from None
+    bucket_name, _, prefix = uri.removeprefix("gs://").partition("/")
+    target = cache_root() / "models" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    if (target / "config.json").is_file():
+        return target
+    blobs = [b for b in storage.Client().list_blobs(bucket_name, prefix=prefix) if not b.name.endswith("/")]
+    if not blobs:
+        raise NotFoundError(f"no objects under {uri}. To fix: upload the model there or check the prefix")
+
+    def fetch(tmp: Path) -> None:
+        for blob in blobs:
+            dest = tmp / blob.name[len(prefix):].lstrip("/")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            blob.download_to_filename(str(dest))
+
+    return _atomic_folder(target, fetch)
+
+
+def _atomic_folder(target: Path, fill) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        fill(tmp)
+        tmp.rename(target)
+    except OSError:
+        if not (target / "config.json").is_file():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

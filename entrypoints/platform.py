@@ -1,0 +1,180 @@
+"""Where the training job runs, mapped into one typed config.
+
+Three contracts, one ``Platform``:
+
+* **SageMaker**: the ``/opt/ml`` layout. Hyperparameters in ``/opt/ml/input/config/hyperparameters.json``
+  (every value a string), data channels in ``SM_CHANNEL_<NAME>`` (``/opt/ml/input/data/<name>``), the
+  model in ``SM_MODEL_DIR``, checkpoints in ``/opt/ml/checkpoints`` (synced to S3 by SageMaker), the
+  failure reason in ``/opt/ml/output/failure``, hosts in ``SM_HOSTS``/``SM_CURRENT_HOST``.
+* **Vertex AI**: ``AIP_MODEL_DIR``, ``AIP_CHECKPOINT_DIR``, ``AIP_TRAINING_DATA_URI`` /
+  ``AIP_VALIDATION_DATA_URI`` (plus ``LAUNCHER_CHANNEL_<NAME>`` for other channels), hyperparameters as
+  ``--key=value`` arguments, the cluster in ``CLUSTER_SPEC``. ``gs://bucket/path`` is read and written
+  through Cloud Storage FUSE at ``/gcs/bucket/path``.
+* **local**: the SageMaker layout rooted at a folder (``--root DIR``), which is what the local backend
+  stages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from launcher.errors import SpecError
+
+CHANNELS = ("train", "eval", "general_eval")
+
+
+@dataclass(frozen=True)
+class World:
+    """The distributed-training topology (one process on one host unless the platform says otherwise)."""
+
+    rank: int = 0
+    world_size: int = 1
+    hosts: tuple[str, ...] = ()
+    master_addr: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Platform:
+    kind: str  # "sagemaker" | "vertex" | "local"
+    hyperparameters: dict[str, Any]
+    channels: dict[str, Path]
+    model_dir: Path
+    checkpoint_dir: Path
+    output_dir: Path
+    failure_file: Path | None = None
+    job_name: str = ""
+    world: World = field(default_factory=World)
+
+
+def detect(argv: list[str] | None = None, env: dict[str, str] | None = None) -> Platform:
+    """Read the platform from the command line and environment."""
+    env = dict(os.environ if env is None else env)
+    args, flags = _parse_args(list(argv or []))
+    if "root" in args:
+        return _sagemaker(Path(args["root"]), env, flags, kind="local")
+    if "AIP_MODEL_DIR" in env:
+        return _vertex(env, flags)
+    if "SM_MODEL_DIR" in env or "TRAINING_JOB_NAME" in env or Path("/opt/ml/input/config").is_dir():
+        return _sagemaker(Path(env.get("SM_ROOT", "/opt/ml")), env, flags, kind="sagemaker")
+    raise SpecError(
+        "no training platform found: not SageMaker (/opt/ml, SM_MODEL_DIR), not Vertex AI (AIP_MODEL_DIR). "
+        "To fix: run locally with 'python -m entrypoints.train --root JOBDIR'"
+    )
+
+
+def _parse_args(argv: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """``--root DIR`` is ours; every other ``--key=value`` (or ``--key value``) is a hyperparameter."""
+    values: dict[str, str] = {}
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        if not arg.startswith("--"):
+            raise SpecError(f"unexpected argument '{arg}'. To fix: pass hyperparameters as --key=value")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if index + 1 >= len(argv):
+                raise SpecError(f"argument '--{key}' has no value. To fix: --{key}=VALUE")
+            index += 1
+            value = argv[index]
+        values[key.replace("-", "_")] = value
+        index += 1
+    root = {"root": values.pop("root")} if "root" in values else {}
+    return root, values
+
+
+def _sagemaker(root: Path, env: dict[str, str], flags: dict[str, str], kind: str) -> Platform:
+    config = root / "input" / "config"
+    hp_file = config / "hyperparameters.json"
+    hyperparameters: dict[str, Any] = {}
+    if hp_file.is_file():
+        try:
+            hyperparameters = json.loads(hp_file.read_text())
+        except json.JSONDecodeError as exc:
+            raise SpecError(f"{hp_file}: not valid JSON ({exc.msg}). To fix: write a JSON object of strings") from None
+    hyperparameters.update(flags)
+    use_env = kind == "sagemaker"
+    data_root = root / "input" / "data"
+    channels: dict[str, Path] = {}
+    if data_root.is_dir():
+        channels = {p.name: p for p in sorted(data_root.iterdir()) if p.is_dir()}
+    if use_env:
+        for key, value in env.items():
+            if key.startswith("SM_CHANNEL_"):
+                channels[key.removeprefix("SM_CHANNEL_").lower()] = Path(value)
+    hosts = tuple(json.loads(env["SM_HOSTS"])) if use_env and "SM_HOSTS" in env else ()
+    current = env.get("SM_CURRENT_HOST", "")
+    world = World(
+        rank=hosts.index(current) if current in hosts else 0,
+        world_size=max(1, len(hosts)),
+        hosts=hosts,
+        master_addr=hosts[0] if hosts else "127.0.0.1",
+    )
+    return Platform(
+        kind=kind,
+        hyperparameters=hyperparameters,
+        channels=channels,
+        model_dir=Path(env["SM_MODEL_DIR"]) if use_env and "SM_MODEL_DIR" in env else root / "model",
+        checkpoint_dir=Path(env.get("LAUNCHER_CHECKPOINT_DIR", root / "checkpoints")),
+        output_dir=Path(env["SM_OUTPUT_DATA_DIR"]) if use_env and "SM_OUTPUT_DATA_DIR" in env else root / "output" / "data",
+        failure_file=root / "output" / "failure",
+        job_name=env.get("TRAINING_JOB_NAME", root.name if kind == "local" else ""),
+        world=world,
+    )
+
+
+def gcs_path(uri: str, env: dict[str, str] | None = None) -> Path:
+    """``gs://bucket/path`` -> ``/gcs/bucket/path`` (Cloud Storage FUSE, mounted on Vertex AI)."""
+    env = os.environ if env is None else env
+    mount = Path(env.get("LAUNCHER_GCS_MOUNT", "/gcs"))
+    if uri.startswith("gs://"):
+        return mount / uri.removeprefix("gs://")
+    if uri.startswith("/gcs/"):
+        return mount / uri.removeprefix("/gcs/")
+    return Path(uri)
+
+
+def _vertex(env: dict[str, str], flags: dict[str, str]) -> Platform:
+    channels: dict[str, Path] = {}
+    for name, var in (("train", "AIP_TRAINING_DATA_URI"), ("eval", "AIP_VALIDATION_DATA_URI")):
+        if env.get(var):
+            channels[name] = _data_path(env[var], env)
+    for key, value in env.items():
+        if key.startswith("LAUNCHER_CHANNEL_") and value:
+            channels[key.removeprefix("LAUNCHER_CHANNEL_").lower()] = _data_path(value, env)
+    model_dir = gcs_path(env["AIP_MODEL_DIR"], env)
+    checkpoint_dir = gcs_path(env.get("AIP_CHECKPOINT_DIR") or env["AIP_MODEL_DIR"].rstrip("/") + "/../checkpoints", env)
+    world = World()
+    if env.get("CLUSTER_SPEC"):
+        spec = json.loads(env["CLUSTER_SPEC"])
+        pools = spec.get("cluster", {})
+        hosts = tuple(h for pool in sorted(pools) for h in pools[pool])
+        task = spec.get("task", {})
+        pool_names = sorted(pools)
+        offset = sum(len(pools[p]) for p in pool_names[: pool_names.index(task["type"])]) if task.get("type") in pools else 0
+        world = World(
+            rank=offset + int(task.get("index", 0)),
+            world_size=max(1, len(hosts)),
+            hosts=hosts,
+            master_addr=hosts[0].split(":")[0] if hosts else "127.0.0.1",
+        )
+    return Platform(
+        kind="vertex",
+        hyperparameters=dict(flags),
+        channels=channels,
+        model_dir=model_dir,
+        checkpoint_dir=checkpoint_dir.resolve() if checkpoint_dir.is_absolute() else checkpoint_dir,
+        output_dir=model_dir.parent / "output",
+        failure_file=None,
+        job_name=env.get("CLOUD_ML_JOB_ID", ""),
+        world=world,
+    )
+
+
+def _data_path(uri: str, env: dict[str, str]) -> Path:
+    # Vertex may hand a wildcard ("gs://b/data/train-*.jsonl"): read the folder that holds the files.
+    path = gcs_path(uri, env)
+    return path.parent if "*" in path.name else path

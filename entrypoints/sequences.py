@@ -1,0 +1,161 @@
+"""From examples to training rows: chat-template tokenisation, target masks, packing, batches, masks.
+
+Tokenisation renders each conversation with the base model's chat template piece by piece: the text
+before each assistant turn (with the generation prompt) and the assistant turn itself are tokenised
+separately, exactly as the model will see them at inference (prompt tokenised, answer generated).
+Only assistant tokens are targets; an EOS closes every assistant turn (added when the template does
+not). Targets are stored already shifted (``targets[i]`` is the token to predict at position ``i``),
+so examples can be concatenated without a target ever crossing from one example into the next.
+
+Packing puts several short examples in one row of ``max_seq_len`` tokens. Position ids restart at 0
+for each example and every row carries per-token document ids, from which the attention mask is built:
+a token attends only to earlier tokens of its own example (a block-diagonal causal mask). Position ids
+alone do NOT isolate examples in transformers 5.x (NOTES.md); the mask does, and a test proves it.
+Unpacked rows are the same thing with one example per row, so there is one code path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from launcher.data import Example
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    input_ids: list[int]
+    targets: list[int]  # shifted labels: the token to predict at each position, IGNORE elsewhere
+    truncated: bool = False
+
+    @property
+    def n_targets(self) -> int:
+        return sum(1 for t in self.targets if t != IGNORE)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def _messages(turns) -> list[dict[str, str]]:
+    return [{"role": role, "content": content} for role, content in turns]
+
+
+def render(tokenizer, turns, add_generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(_messages(turns), tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def segments(tokenizer, example: Example) -> list[tuple[str, bool]]:
+    """The rendered conversation as (text, is_target) pieces."""
+    if example.text is not None:  # general text (forgetting mix): every token is a target
+        return [((tokenizer.bos_token or "") + example.text + (tokenizer.eos_token or ""), True)]
+    pieces: list[tuple[str, bool]] = []
+    done = ""
+    for index, (role, _) in enumerate(example.messages):
+        if role != "assistant":
+            continue
+        prefix = render(tokenizer, example.messages[:index], add_generation_prompt=True)
+        upto = render(tokenizer, example.messages[: index + 1])
+        if not (prefix.startswith(done) and upto.startswith(prefix)):
+            raise ValueError(
+                "the chat template does not render conversations incrementally; cannot locate assistant turns"
+            )
+        answer = upto[len(prefix):]
+        if tokenizer.eos_token and tokenizer.eos_token not in answer:
+            answer += tokenizer.eos_token
+        pieces += [(prefix[len(done):], False), (answer, True)]
+        done = upto
+    return [(text, target) for text, target in pieces if text]
+
+
+def tokenize(tokenizer, example: Example, max_seq_len: int) -> Tokenized:
+    """Token ids and shifted targets for one example, truncated on the right to ``max_seq_len``."""
+    ids: list[int] = []
+    is_target: list[bool] = []
+    for text, target in segments(tokenizer, example):
+        piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids += piece
+        is_target += [target] * len(piece)
+    truncated = len(ids) > max_seq_len
+    ids, is_target = ids[:max_seq_len], is_target[:max_seq_len]
+    # Shift: position i predicts token i+1 when token i+1 is a target.
+    targets = [ids[i + 1] if is_target[i + 1] else IGNORE for i in range(len(ids) - 1)] + [IGNORE]
+    return Tokenized(ids, targets, truncated)
+
+
+def prompt_ids(tokenizer, example: Example) -> list[int]:
+    """The token ids a model sees before it generates the last assistant turn."""
+    return tokenizer(render(tokenizer, example.prompt, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+
+
+# --- rows -------------------------------------------------------------------------------------------
+def pack(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """First-fit-decreasing bin packing of example indices into rows of at most ``capacity`` tokens.
+    Deterministic (ties broken by index)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    rows: list[list[int]] = []
+    space: list[int] = []
+    for index in order:
+        for row, free in enumerate(space):
+            if lengths[index] <= free:
+                rows[row].append(index)
+                space[row] -= lengths[index]
+                break
+        else:
+            rows.append([index])
+            space.append(capacity - lengths[index])
+    return rows
+
+
+def make_rows(examples: Sequence[Tokenized], capacity: int, packing: bool) -> list[list[int]]:
+    if packing:
+        return pack([len(e) for e in examples], capacity)
+    return [[i] for i in range(len(examples))]
+
+
+def collate(rows: Sequence[Sequence[int]], examples: Sequence[Tokenized], pad_id: int, multiple: int = 8):
+    """A batch of rows as tensors: input_ids, targets, position_ids, doc_ids (-1 on padding)."""
+    import torch
+
+    lengths = [sum(len(examples[i]) for i in row) for row in rows]
+    width = -(-max(lengths) // multiple) * multiple
+    shape = (len(rows), width)
+    input_ids = torch.full(shape, pad_id, dtype=torch.long)
+    targets = torch.full(shape, IGNORE, dtype=torch.long)
+    position_ids = torch.zeros(shape, dtype=torch.long)
+    doc_ids = torch.full(shape, -1, dtype=torch.long)
+    for b, row in enumerate(rows):
+        start = 0
+        for doc, index in enumerate(row):
+            example = examples[index]
+            end = start + len(example)
+            input_ids[b, start:end] = torch.tensor(example.input_ids)
+            targets[b, start:end] = torch.tensor(example.targets)
+            position_ids[b, start:end] = torch.arange(len(example))
+            doc_ids[b, start:end] = doc
+            start = end
+        position_ids[b, start:] = torch.arange(width - start)
+    return {"input_ids": input_ids, "targets": targets, "position_ids": position_ids, "doc_ids": doc_ids}
+
+
+def dense_mask(doc_ids):
+    """Block-diagonal causal mask [B, 1, L, L] (True = may attend) for SDPA/eager attention.
+    Padding (doc -1) forms its own block, so no query row is fully masked (which would give NaN)."""
+    import torch
+
+    length = doc_ids.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=doc_ids.device).tril()
+    same = doc_ids[:, :, None] == doc_ids[:, None, :]
+    return (same & causal)[:, None]
+
+
+def block_mask(doc_ids):
+    """The same mask as a FlexAttention BlockMask: O(L) memory, fully masked blocks skipped."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def document_causal(b, h, q, k):
+        return (doc_ids[b, q] == doc_ids[b, k]) & (q >= k)
+
+    batch, length = doc_ids.shape
+    return create_block_mask(document_causal, batch, None, length, length, device=doc_ids.device)

@@ -1,0 +1,504 @@
+"""The training recipe: setup -> train -> evaluate -> save. Run as ``python -m entrypoints.train``.
+
+It runs inside the training container (SageMaker, Vertex AI) and locally (``--root JOBDIR``); see
+``platform`` for the three contracts. One readable file: ``Recipe.setup`` hands off to small
+``_setup_*`` helpers in the order that matters (device, then data, because the tokenizer decides the
+rows, then the model, then the optimizer, which needs the trainable parameters, then resume, which
+needs all of them); ``Recipe.train`` is the loop, top to bottom; ``Recipe.evaluate`` scores base vs
+tuned; ``Recipe.save`` writes the model dir.
+
+Invariants worth knowing before changing the loop:
+
+* Loss is normalised over target tokens across the whole gradient-accumulation window: each
+  micro-batch contributes ``sum(token losses) / targets_in_window``, so the gradient equals that of one
+  big batch (the classic accumulation bug, a mean of per-micro-batch means, cannot happen).
+* Everything that decides the next step (adapter, optimizer, scheduler, every RNG stream, the data
+  position) is in the checkpoint, so a run killed at any step and resumed ends with the same adapter.
+* SIGTERM (a spot interruption) sets a flag; the loop checkpoints at the next step boundary and the
+  process exits with ``INTERRUPTED_EXIT_CODE`` (75). Re-running the same command resumes.
+
+Exit codes: 0 done, 1 failed, 2 bad input (one line on stderr; nothing trained), 75 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from entrypoints import checkpoint, evaluate, models, platform, sequences
+from launcher import data as datasets_io
+from launcher.errors import DataError, LauncherError, SpecError, UserInputError
+from launcher.spec import INTERRUPTED_EXIT_CODE, TrainConfig
+
+
+class Interrupted(Exception):
+    """Training stopped on SIGTERM after saving a checkpoint."""
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+class Recipe:
+    def __init__(self, plat: platform.Platform, config: TrainConfig, on_step: Callable[[int], None] | None = None):
+        if "train" not in plat.channels:
+            raise SpecError("no 'train' data channel. To fix: pass the training data as the 'train' channel")
+        if config.general_mix > 0 and "general_eval" not in plat.channels:
+            raise SpecError("general_mix > 0 needs a 'general_eval' dataset to draw general text from. To fix: add data.general_eval or set general_mix: 0")
+        if plat.world.world_size > 1:
+            raise SpecError("multi-node training is not supported by this entrypoint yet. To fix: use one node (compute.nodes: 1)")
+        self.platform = plat
+        self.config = config
+        self.on_step = on_step
+        self.stop_requested = False
+        self.loss_curve: list[dict[str, float]] = []
+        self.metrics: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------------------------------------
+    # setup
+    # ------------------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        self._setup_device()
+        self._setup_data()
+        self._setup_model()
+        self._setup_optimizer()
+        self._maybe_resume()
+
+    def _setup_device(self) -> None:
+        import torch
+
+        wanted = os.environ.get("LAUNCHER_DEVICE", "auto")
+        if wanted == "cuda" and not torch.cuda.is_available():
+            raise SpecError("LAUNCHER_DEVICE=cuda but no CUDA GPU is visible. To fix: LAUNCHER_DEVICE=cpu or auto")
+        self.device = "cuda" if wanted in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+        precision = self.config.precision
+        if precision == "auto":
+            precision = "bf16" if self.device == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        checkpointing = self.config.gradient_checkpointing
+        self.gradient_checkpointing = checkpointing == "on" or (checkpointing == "auto" and self.device == "cuda")
+        # Seed before anything draws random numbers (the data split, LoRA initialisation, dropout).
+        random.seed(self.config.seed)
+        import numpy as np
+
+        np.random.seed(self.config.seed)
+        torch.manual_seed(self.config.seed)
+        log(f"device {self.device} ({precision}), method {self.config.method}, base {self.config.base_model}")
+
+    def _setup_data(self) -> None:
+        cfg = self.config
+        channels = self.platform.channels
+        self.tokenizer = models.load_tokenizer(cfg.base_model, token=models.hub_token(cfg))
+        train = datasets_io.load_examples(channels["train"])
+        if "eval" in channels:
+            eval_examples = datasets_io.load_examples(channels["eval"])
+        else:  # a seeded held-out split
+            order = list(range(len(train)))
+            random.Random(cfg.seed).shuffle(order)
+            n_eval = max(1, round(len(train) * cfg.eval_fraction))
+            if len(train) - n_eval < 1:
+                raise DataError(f"{channels['train']}: {len(train)} example(s) cannot be split into train and eval. To fix: add examples or an eval file")
+            eval_examples = [train[i] for i in sorted(order[:n_eval])]
+            train = [train[i] for i in sorted(order[n_eval:])]
+        general: list = []
+        mixed: list = []
+        if "general_eval" in channels:
+            general = datasets_io.load_examples(channels["general_eval"], allow_text=True)
+            if cfg.general_mix > 0:
+                random.Random(cfg.seed + 1).shuffle(general)
+                held_out = max(1, len(general) // 5)
+                wanted = round(len(train) * cfg.general_mix / (1 - cfg.general_mix))
+                mixed = general[held_out : held_out + wanted]
+                general = general[:held_out]
+                if len(mixed) < wanted:
+                    log(f"warning: general_mix wants {wanted} general examples but only {len(mixed)} are left after holding out {held_out} for evaluation")
+        self.sources = {name: datasets_io.dataset_files(path) for name, path in channels.items()}
+
+        tokenized = self._tokenize(train + mixed, "train")
+        fully = [i for i, t in enumerate(tokenized) if t.n_targets == 0]
+        truncated = sum(1 for t in tokenized if t.truncated)
+        if len(fully) > cfg.max_truncated_fraction * len(tokenized):
+            worst = max(len(sequences.prompt_ids(self.tokenizer, (train + mixed)[i])) for i in fully)
+            raise DataError(
+                f"{channels['train']}: {len(fully)} of {len(tokenized)} training examples "
+                f"({100 * len(fully) / len(tokenized):.1f}%) lose their whole answer to truncation at "
+                f"max_seq_len={cfg.max_seq_len} (limit {100 * cfg.max_truncated_fraction:.0f}%). "
+                f"To fix: raise max_seq_len above {worst} or shorten the prompts"
+            )
+        if fully:
+            log(f"warning: {len(fully)} training example(s) lost their whole answer to truncation and are skipped: "
+                + ", ".join(f"{(train + mixed)[i].source}:{(train + mixed)[i].line}" for i in fully[:5]))
+        self.train_tokens = [t for t in tokenized if t.n_targets > 0]
+        if not self.train_tokens:
+            raise DataError(f"{channels['train']}: no training example has an answer left after truncation. To fix: raise max_seq_len")
+        self.eval_examples = eval_examples
+        self.eval_tokens = [t for t in self._tokenize(eval_examples, "eval") if t.n_targets > 0]
+        self.general_tokens = self._tokenize(general, "general") if general else []
+        self.rows = sequences.make_rows(self.train_tokens, cfg.max_seq_len, cfg.packing)
+        batches = math.ceil(len(self.rows) / cfg.micro_batch_size)
+        self.windows_per_epoch = math.ceil(batches / cfg.gradient_accumulation_steps)
+        self.total_steps = cfg.max_steps or self.windows_per_epoch * cfg.epochs
+        self.metrics["data"] = {
+            "train_examples": len(train),
+            "eval_examples": len(eval_examples),
+            "truncated": truncated,
+            "fully_truncated": len(fully),
+            "general_mixed": len(mixed),
+            "packed_rows": len(self.rows),
+        }
+        log(f"data: {len(train)} train, {len(eval_examples)} eval, {len(mixed)} general mixed, "
+            f"{len(self.rows)} rows of <= {cfg.max_seq_len} tokens, {truncated} truncated, "
+            f"{self.total_steps} optimizer steps")
+
+    def _tokenize(self, examples: list, what: str) -> list[sequences.Tokenized]:
+        from tqdm.auto import tqdm
+
+        return [
+            sequences.tokenize(self.tokenizer, example, self.config.max_seq_len)
+            for example in tqdm(examples, desc=f"Tokenising {what}", unit="ex", disable=None, mininterval=2)
+        ]
+
+    def _setup_model(self) -> None:
+        attn = "sdpa"
+        self.model = models.load_model(
+            self.config, self.device, dtype=self.dtype,
+            gradient_checkpointing=self.gradient_checkpointing, attn_implementation=attn,
+        )
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.model.parameters())
+        log(f"model: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
+
+    def _setup_optimizer(self) -> None:
+        import torch
+        from transformers import get_scheduler
+
+        cfg = self.config
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=self.device == "cuda"
+        )
+        self.scheduler = get_scheduler(
+            cfg.lr_scheduler, self.optimizer,
+            num_warmup_steps=math.ceil(cfg.warmup_ratio * self.total_steps), num_training_steps=self.total_steps,
+        )
+        self.step, self.epoch, self.window = 0, 0, 0
+
+    def _maybe_resume(self) -> None:
+        from peft import set_peft_model_state_dict
+
+        found = checkpoint.latest(self.platform.checkpoint_dir)
+        if found is None:
+            return
+        adapter, state, position = checkpoint.load(found)
+        set_peft_model_state_dict(self.model, adapter)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        checkpoint.set_rng_state(state["rng"])
+        self.step, self.epoch, self.window = position["step"], position["epoch"], position["window"]
+        self.loss_curve = position["loss_curve"]
+        log(f"resumed from {found.name}: step {self.step}/{self.total_steps}, epoch {self.epoch}")
+
+    # ------------------------------------------------------------------------------------------------
+    # train
+    # ------------------------------------------------------------------------------------------------
+    def forward(self, model, batch) -> tuple[Any, Any]:
+        """Sum of target-token losses and the number of target tokens for one batch."""
+        import torch
+        import torch.nn.functional as F
+
+        input_ids = batch["input_ids"].to(self.device)
+        targets = batch["targets"].to(self.device)
+        mask = sequences.dense_mask(batch["doc_ids"].to(self.device))
+        with torch.autocast(self.device, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            logits = model(input_ids=input_ids, position_ids=batch["position_ids"].to(self.device), attention_mask=mask).logits
+        loss_sum = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=sequences.IGNORE, reduction="sum")
+        return loss_sum, (targets != sequences.IGNORE).sum()
+
+    def accumulate(self, micro_batches: list[dict]) -> tuple[float, int]:
+        """Backward over one optimizer step's micro-batches, normalised by the window's target tokens,
+        so the gradient is the same however the window is split into micro-batches."""
+        n_targets = sum(int((b["targets"] != sequences.IGNORE).sum()) for b in micro_batches)
+        total = 0.0
+        for batch in micro_batches:
+            loss_sum, _ = self.forward(self.model, batch)
+            (loss_sum / n_targets).backward()
+            total += float(loss_sum.detach())
+        return total, n_targets
+
+    def epoch_windows(self, epoch: int) -> list[list[list[list[int]]]]:
+        """The epoch's optimizer steps: windows of micro-batches of rows, in a seeded per-epoch order."""
+        order = list(range(len(self.rows)))
+        random.Random(self.config.seed * 1000 + epoch).shuffle(order)
+        mb, ga = self.config.micro_batch_size, self.config.gradient_accumulation_steps
+        batches = [[self.rows[i] for i in order[s : s + mb]] for s in range(0, len(order), mb)]
+        return [batches[s : s + ga] for s in range(0, len(batches), ga)]
+
+    def train(self) -> None:
+        import torch
+
+        cfg = self.config
+        pad = self.tokenizer.pad_token_id
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        started, tokens_seen = time.perf_counter(), 0
+        if self.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        while self.step < self.total_steps:  # with max_steps, epochs continue until the step budget is spent
+            windows = self.epoch_windows(self.epoch)
+            while self.window < len(windows) and self.step < self.total_steps:
+                if self.stop_requested:
+                    self._checkpoint()
+                    raise Interrupted(f"stopped at step {self.step}")
+                self.model.train()
+                micro = [sequences.collate(rows, self.train_tokens, pad) for rows in windows[self.window]]
+                window_loss, n_targets = self.accumulate(micro)
+                tokens_seen += sum(int((b["doc_ids"] >= 0).sum()) for b in micro)
+                if cfg.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                self.window += 1
+                lr = self.scheduler.get_last_lr()[0]
+                epoch_progress = self.epoch + self.window / len(windows)
+                self.loss_curve.append({"step": self.step, "loss": window_loss / n_targets, "lr": lr, "epoch": round(epoch_progress, 4)})
+                if self.step % cfg.logging_steps == 0 or self.step == self.total_steps:
+                    rate = tokens_seen / max(1e-9, time.perf_counter() - started)
+                    log(f"step {self.step}/{self.total_steps} loss {window_loss / n_targets:.4f} lr {lr:.2e} tok/s {rate:.0f}")
+                if self.on_step is not None:
+                    self.on_step(self.step)
+                if self.step % cfg.checkpoint_every == 0:
+                    self._checkpoint()
+            if self.window >= len(windows):
+                self.epoch, self.window = self.epoch + 1, 0
+        self._checkpoint()  # the finished state: a restart after this goes straight to evaluation
+        elapsed = time.perf_counter() - started
+        self.metrics["train"] = {
+            "steps": self.step,
+            "epochs": cfg.epochs,
+            "examples": len(self.train_tokens),
+            "target_tokens": sum(t.n_targets for t in self.train_tokens),
+            "tokens_per_s": tokens_seen / elapsed if tokens_seen else 0.0,
+            "runtime_s": elapsed,
+            "peak_memory_bytes": _peak_memory(self.device),
+            "device": self.device,
+        }
+
+    def _checkpoint(self) -> None:
+        from peft import get_peft_model_state_dict
+
+        position = {"step": self.step, "epoch": self.epoch, "window": self.window, "loss_curve": self.loss_curve}
+        path = checkpoint.save(
+            self.platform.checkpoint_dir, self.step,
+            adapter=get_peft_model_state_dict(self.model), optimizer=self.optimizer, scheduler=self.scheduler,
+            position=position, keep=self.config.keep_checkpoints,
+        )
+        log(f"checkpoint {path.name}")
+
+    # ------------------------------------------------------------------------------------------------
+    # evaluate
+    # ------------------------------------------------------------------------------------------------
+    def evaluate(self) -> None:
+        cfg = self.config
+        pad = self.tokenizer.pad_token_id
+        rows = sequences.make_rows(self.eval_tokens, cfg.max_seq_len, packing=True)
+        batches = [sequences.collate(rows[s : s + cfg.micro_batch_size], self.eval_tokens, pad) for s in range(0, len(rows), cfg.micro_batch_size)]
+        tuned_sum, count = evaluate.token_loss(self.model, batches, self.forward)
+        with self.model.disable_adapter():
+            base_sum, _ = evaluate.token_loss(self.model, batches, self.forward)
+        self.metrics["eval"] = {"examples": len(self.eval_tokens), "loss_base": base_sum / count, "loss_tuned": tuned_sum / count}
+        log(f"eval loss: base {base_sum / count:.4f} -> tuned {tuned_sum / count:.4f}")
+        self._check_stop()
+
+        picks = list(range(len(self.eval_examples)))
+        random.Random(cfg.seed + 2).shuffle(picks)
+        picks = sorted(picks[: cfg.eval_samples])
+        chosen = [self.eval_examples[i] for i in picks]
+        budget = max(1, cfg.max_seq_len - cfg.max_new_tokens)
+        prompts = [sequences.prompt_ids(self.tokenizer, e)[-budget:] for e in chosen]
+        references = [e.reference for e in chosen]
+
+        def generate() -> list[str]:
+            return evaluate.generate(self.model, self.tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, device=self.device)
+
+        self.model.config.use_cache = True
+        tuned_out = generate() if chosen else []
+        with self.model.disable_adapter():
+            base_out = generate() if chosen else []
+        self.model.config.use_cache = False
+        if chosen:
+            base, tuned = evaluate.text_metrics(base_out, references), evaluate.text_metrics(tuned_out, references)
+            self.metrics["quality"] = {"base": base, "tuned": tuned, "improvement_pct": evaluate.improvement_pct(base, tuned), "samples_scored": len(chosen)}
+        self.samples = [
+            {"id": n, "prompt": [{"role": r, "content": c} for r, c in e.prompt], "reference": e.reference,
+             "base": b, "tuned": t, "source": f"{e.source}:{e.line}"}
+            for n, (e, b, t) in enumerate(zip(chosen, base_out, tuned_out))
+        ][: cfg.review_samples]
+        self._check_stop()
+
+        self.metrics["forgetting"] = None
+        if self.general_tokens:
+            rows = sequences.make_rows(self.general_tokens, cfg.max_seq_len, packing=True)
+            batches = [sequences.collate(rows[s : s + cfg.micro_batch_size], self.general_tokens, pad) for s in range(0, len(rows), cfg.micro_batch_size)]
+            tuned_sum, n = evaluate.token_loss(self.model, batches, self.forward)
+            with self.model.disable_adapter():
+                base_sum, _ = evaluate.token_loss(self.model, batches, self.forward)
+            ppl_base, ppl_tuned = evaluate.perplexity(base_sum, n), evaluate.perplexity(tuned_sum, n)
+            rise = 100.0 * (ppl_tuned / ppl_base - 1.0)
+            warning = rise > cfg.forgetting_threshold_pct
+            self.metrics["forgetting"] = {"general_ppl_base": ppl_base, "general_ppl_tuned": ppl_tuned, "rise_pct": rise,
+                                          "threshold_pct": cfg.forgetting_threshold_pct, "warning": warning}
+            log(f"general perplexity: base {ppl_base:.3f} -> tuned {ppl_tuned:.3f} ({rise:+.1f}%)")
+            if warning:
+                log(f"WARNING: catastrophic forgetting: general perplexity rose {rise:.1f}% (threshold "
+                    f"{cfg.forgetting_threshold_pct:.1f}%). Consider general_mix > 0, fewer epochs or a lower learning rate")
+
+    def _check_stop(self) -> None:
+        if self.stop_requested:
+            raise Interrupted("stopped during evaluation; training is checkpointed")
+
+    # ------------------------------------------------------------------------------------------------
+    # save
+    # ------------------------------------------------------------------------------------------------
+    def save(self) -> dict[str, Any]:
+        cfg = self.config
+        out = self.platform.model_dir
+        out.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(out)
+        self.tokenizer.save_pretrained(out)
+        if cfg.merge:
+            self._save_merged(out / "merged")
+        checkpoint.write_atomic(out / "samples.jsonl", "".join(json.dumps(s) + "\n" for s in self.samples))
+        checkpoint.write_atomic(out / "manifest.json", json.dumps(self._manifest(), indent=2))
+        metrics = {"schema": 1, "base_model": cfg.base_model, "method": cfg.method, **self.metrics, "loss_curve": self.loss_curve}
+        checkpoint.write_atomic(out / "metrics.json", json.dumps(metrics, indent=2))  # last: its presence means done
+        return metrics
+
+    def _save_merged(self, target: Path) -> None:
+        """Merge into an unquantised copy of the base (merging into 4-bit weights would lose the adapter's precision)."""
+        import torch
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        base = AutoModelForCausalLM.from_pretrained(
+            models.resolve(self.config.base_model), dtype=self.dtype, token=models.hub_token(self.config)
+        )
+        merged = PeftModel.from_pretrained(base, self.platform.model_dir).merge_and_unload()
+        merged.save_pretrained(target)
+        self.tokenizer.save_pretrained(target)
+        del merged, base
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _manifest(self) -> dict[str, Any]:
+        packages = {}
+        for name in ("launcher", "torch", "transformers", "peft", "bitsandbytes", "accelerate", "tokenizers", "rouge_score", "sacrebleu"):
+            try:
+                packages[name] = metadata.version(name)
+            except metadata.PackageNotFoundError:
+                packages[name] = None
+        return {
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "platform": self.platform.kind,
+            "job_name": self.platform.job_name,
+            "config": self.config.model_dump(),
+            "base_model_resolved": models.resolve(self.config.base_model) if self.config.base_model == "tiny-llama" else self.config.base_model,
+            "device": self.device,
+            "packages": packages,
+            "datasets": {name: {"files": [str(p) for p in files], "sha256": datasets_io.fingerprint(files)} for name, files in self.sources.items()},
+        }
+
+
+def _peak_memory(device: str) -> int:
+    if device == "cuda":
+        import torch
+
+        return int(torch.cuda.max_memory_allocated())
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def summary(metrics: dict[str, Any]) -> None:
+    """The final base-vs-tuned table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="base vs tuned")
+    table.add_column("metric")
+    table.add_column("base", justify="right")
+    table.add_column("tuned", justify="right")
+    table.add_column("change", justify="right")
+    if "eval" in metrics:
+        e = metrics["eval"]
+        table.add_row("eval loss", f"{e['loss_base']:.4f}", f"{e['loss_tuned']:.4f}", f"{e['loss_tuned'] - e['loss_base']:+.4f}")
+    quality = metrics.get("quality")
+    if quality:
+        for key in evaluate.METRICS:
+            pct = quality["improvement_pct"][key]
+            table.add_row(key, f"{quality['base'][key]:.2f}", f"{quality['tuned'][key]:.2f}", "n/a (base 0)" if pct is None else f"{pct:+.1f}%")
+    forgetting = metrics.get("forgetting")
+    if forgetting:
+        table.add_row("general ppl", f"{forgetting['general_ppl_base']:.3f}", f"{forgetting['general_ppl_tuned']:.3f}", f"{forgetting['rise_pct']:+.1f}%")
+    Console(width=100).print(table)
+
+
+def run(plat: platform.Platform, config: TrainConfig, on_step: Callable[[int], None] | None = None, install_signals: bool = True) -> dict[str, Any]:
+    """Set up, train, evaluate and save; raise Interrupted after a SIGTERM checkpoint."""
+    recipe = Recipe(plat, config, on_step=on_step)
+    if install_signals:
+        def request_stop(signum, frame):  # noqa: ARG001
+            log("SIGTERM received: saving a checkpoint at the next step boundary")
+            recipe.stop_requested = True
+
+        signal.signal(signal.SIGTERM, request_stop)
+    recipe.setup()
+    recipe.train()
+    recipe.evaluate()
+    return recipe.save()
+
+
+def main(argv: list[str] | None = None) -> int:
+    plat = None
+    try:
+        plat = platform.detect(sys.argv[1:] if argv is None else argv)
+        config = TrainConfig.from_mapping(plat.hyperparameters, source="hyperparameters")
+        metrics = run(plat, config)
+        summary(metrics)
+        log(f"done: model in {plat.model_dir}")
+        return 0
+    except Interrupted as exc:
+        log(f"interrupted: {exc}; re-run to resume from the last checkpoint")
+        return INTERRUPTED_EXIT_CODE
+    except LauncherError as exc:
+        _fail(plat, str(exc))
+        return exc.exit_code if isinstance(exc, UserInputError) else 1
+    except Exception as exc:  # a crash: keep the traceback in the logs, the reason in the failure file
+        import traceback
+
+        traceback.print_exc()
+        _fail(plat, f"{type(exc).__name__}: {exc}")
+        return 1
+
+
+def _fail(plat: platform.Platform | None, message: str) -> None:
+    print(f"Error: {message}", file=sys.stderr, flush=True)
+    if plat is not None and plat.failure_file is not None:
+        try:
+            checkpoint.write_atomic(plat.failure_file, message + "\n")
+        except OSError:
+            pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""SageMaker, Vertex AI and local contracts map into one typed config."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from entrypoints import platform
+from launcher.errors import SpecError
+from launcher.spec import TrainConfig
+
+
+def test_sagemaker_layout_env_and_string_hyperparameters(tmp_path):
+    root = tmp_path / "opt-ml"
+    (root / "input/config").mkdir(parents=True)
+    (root / "input/config/hyperparameters.json").write_text(
+        json.dumps({"lora_r": "8", "learning_rate": "1e-4", "packing": "false", "target_modules": '["q_proj", "v_proj"]'})
+    )
+    env = {
+        "SM_ROOT": str(root),
+        "SM_MODEL_DIR": str(tmp_path / "model"),
+        "SM_CHANNEL_TRAIN": str(tmp_path / "train"),
+        "SM_CHANNEL_GENERAL_EVAL": str(tmp_path / "general"),
+        "SM_OUTPUT_DATA_DIR": str(tmp_path / "out"),
+        "SM_HOSTS": '["algo-1"]',
+        "SM_CURRENT_HOST": "algo-1",
+        "TRAINING_JOB_NAME": "fin-r1-abc",
+    }
+    plat = platform.detect([], env)
+    assert plat.kind == "sagemaker" and plat.job_name == "fin-r1-abc"
+    assert plat.model_dir == tmp_path / "model"
+    assert plat.channels == {"train": tmp_path / "train", "general_eval": tmp_path / "general"}
+    assert plat.checkpoint_dir == root / "checkpoints" and plat.failure_file == root / "output/failure"
+    assert plat.world.world_size == 1 and plat.world.rank == 0
+    config = TrainConfig.from_mapping(plat.hyperparameters)
+    assert (config.lora_r, config.learning_rate, config.packing, config.target_modules) == (8, 1e-4, False, ["q_proj", "v_proj"])
+
+
+def test_hyperparameters_round_trip_through_sagemaker_strings():
+    config = TrainConfig(lora_r=4, use_dora=True, target_modules=["q_proj", "o_proj"], max_steps=7, learning_rate=3e-5)
+    strings = config.to_hyperparameters()
+    assert all(isinstance(v, str) for v in strings.values())
+    assert TrainConfig.from_mapping(strings) == config
+
+
+def test_vertex_env_gcs_mount_and_cluster_spec(tmp_path):
+    env = {
+        "AIP_MODEL_DIR": "gs://bucket/jobs/j1/model/",
+        "AIP_CHECKPOINT_DIR": "gs://bucket/jobs/j1/checkpoints/",
+        "AIP_TRAINING_DATA_URI": "gs://bucket/data/train-*.jsonl",
+        "AIP_VALIDATION_DATA_URI": "gs://bucket/data/eval.jsonl",
+        "LAUNCHER_CHANNEL_GENERAL_EVAL": "gs://bucket/data/general/",
+        "LAUNCHER_GCS_MOUNT": str(tmp_path / "gcs"),
+        "CLUSTER_SPEC": json.dumps({"cluster": {"workerpool0": ["host-a:2222"], "workerpool1": ["host-b:2222", "host-c:2222"]},
+                                    "task": {"type": "workerpool1", "index": 1}}),
+        "CLOUD_ML_JOB_ID": "123",
+    }
+    plat = platform.detect(["--lora_r=4", "--learning-rate", "0.001"], env)
+    mount = tmp_path / "gcs"
+    assert plat.kind == "vertex" and plat.job_name == "123"
+    assert plat.model_dir == mount / "bucket/jobs/j1/model"
+    assert plat.checkpoint_dir == mount / "bucket/jobs/j1/checkpoints"
+    assert plat.channels == {"train": mount / "bucket/data", "eval": mount / "bucket/data/eval.jsonl", "general_eval": mount / "bucket/data/general"}
+    assert plat.world.world_size == 3 and plat.world.rank == 2 and plat.world.master_addr == "host-a"
+    assert TrainConfig.from_mapping(plat.hyperparameters).learning_rate == 0.001
+
+
+def test_local_root_is_the_sagemaker_layout(tmp_path):
+    (tmp_path / "input/data/train").mkdir(parents=True)
+    (tmp_path / "input/data/eval").mkdir(parents=True)
+    plat = platform.detect(["--root", str(tmp_path), "--epochs=2"], env={})
+    assert plat.kind == "local"
+    assert plat.channels == {"eval": tmp_path / "input/data/eval", "train": tmp_path / "input/data/train"}
+    assert plat.model_dir == tmp_path / "model" and plat.checkpoint_dir == tmp_path / "checkpoints"
+    assert plat.hyperparameters == {"epochs": "2"}
+
+
+def test_no_platform_is_a_clear_error(tmp_path, monkeypatch):
+    with pytest.raises(SpecError, match="--root JOBDIR"):
+        platform.detect([], env={})
+
+
+def test_unknown_hyperparameter_suggests_the_nearest_key():
+    with pytest.raises(SpecError, match="unknown key 'learning_rat'. Did you mean 'learning_rate'"):
+        TrainConfig.from_mapping({"learning_rat": "1e-4"})
