@@ -69,6 +69,8 @@ def detect(argv: list[str] | None = None, env: dict[str, str] | None = None) -> 
 def _parse_args(argv: list[str]) -> tuple[dict[str, str], dict[str, str]]:
     """``--root DIR`` is ours; every other ``--key=value`` (or ``--key value``) is a hyperparameter."""
     values: dict[str, str] = {}
+    if argv[:1] == ["train"]:  # SageMaker starts training containers as `docker run IMAGE train`
+        argv = argv[1:]
     index = 0
     while index < len(argv):
         arg = argv[index]

@@ -142,12 +142,18 @@ def materialize(cache_dir: str | os.PathLike | None = None) -> Path:
     if (target / "config.json").is_file():
         return target
     root.mkdir(parents=True, exist_ok=True)
+    from transformers.utils import logging as hf_logging
+
     tokenizer = build_tokenizer()
     model = build_model(tokenizer)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
     try:
         tokenizer.save_pretrained(tmp)
-        model.save_pretrained(tmp)
+        hf_logging.disable_progress_bar()  # a 3 MB model needs no "Writing model shards" bar
+        try:
+            model.save_pretrained(tmp)
+        finally:
+            hf_logging.enable_progress_bar()
         try:
             tmp.rename(target)
         except OSError:  # another process won the race; its copy is identical

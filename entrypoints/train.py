@@ -98,8 +98,7 @@ class Recipe:
     def _setup_data(self) -> None:
         cfg = self.config
         channels = self.platform.channels
-        self.tokenizer = models.load_tokenizer(cfg.base_model, token=models.hub_token(cfg))
-        train = datasets_io.load_examples(channels["train"])
+        train = datasets_io.load_examples(channels["train"])  # parse (and reject bad lines) before anything heavy
         if "eval" in channels:
             eval_examples = datasets_io.load_examples(channels["eval"])
         else:  # a seeded held-out split
@@ -123,6 +122,7 @@ class Recipe:
                 if len(mixed) < wanted:
                     log(f"warning: general_mix wants {wanted} general examples but only {len(mixed)} are left after holding out {held_out} for evaluation")
         self.sources = {name: datasets_io.dataset_files(path) for name, path in channels.items()}
+        self.tokenizer = models.load_tokenizer(cfg.base_model, token=models.hub_token(cfg))
 
         tokenized = self._tokenize(train + mixed, "train")
         fully = [i for i, t in enumerate(tokenized) if t.n_targets == 0]
@@ -249,13 +249,18 @@ class Recipe:
         cfg = self.config
         pad = self.tokenizer.pad_token_id
         params = [p for p in self.model.parameters() if p.requires_grad]
+        from tqdm.auto import tqdm
+
         started, tokens_seen = time.perf_counter(), 0
+        # A progress bar on a terminal; in job logs (not a TTY) the periodic step lines stand alone.
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="Training", unit="step", disable=None, dynamic_ncols=True)
         if self.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         while self.step < self.total_steps:  # with max_steps, epochs continue until the step budget is spent
             windows = self.epoch_windows(self.epoch)
             while self.window < len(windows) and self.step < self.total_steps:
                 if self.stop_requested:
+                    bar.close()
                     self._checkpoint()
                     raise Interrupted(f"stopped at step {self.step}")
                 self.model.train()
@@ -272,15 +277,21 @@ class Recipe:
                 lr = self.scheduler.get_last_lr()[0]
                 epoch_progress = self.epoch + self.window / len(windows)
                 self.loss_curve.append({"step": self.step, "loss": window_loss / n_targets, "lr": lr, "epoch": round(epoch_progress, 4)})
+                bar.update(1)
                 if self.step % cfg.logging_steps == 0 or self.step == self.total_steps:
                     rate = tokens_seen / max(1e-9, time.perf_counter() - started)
-                    log(f"step {self.step}/{self.total_steps} loss {window_loss / n_targets:.4f} lr {lr:.2e} tok/s {rate:.0f}")
+                    line = f"step {self.step}/{self.total_steps} loss {window_loss / n_targets:.4f} lr {lr:.2e} tok/s {rate:.0f}"
+                    if bar.disable:
+                        log(line)
+                    else:
+                        bar.write(line)
                 if self.on_step is not None:
                     self.on_step(self.step)
                 if self.step % cfg.checkpoint_every == 0:
                     self._checkpoint()
             if self.window >= len(windows):
                 self.epoch, self.window = self.epoch + 1, 0
+        bar.close()
         self._checkpoint()  # the finished state: a restart after this goes straight to evaluation
         elapsed = time.perf_counter() - started
         self.metrics["train"] = {
