@@ -1,5 +1,128 @@
-"""(being written)"""
+"""``launcher plan JOB.yaml``: GPU memory, the instance types that fit, time and cost, before anything runs.
+
+The arithmetic lives in ``launcher.plan``; this module only prints it (Rich tables, or ``--json``).
+A job that does not fit the GPU the spec asks for is shown prominently, but the command still exits 0:
+a plan is advice, and ``launcher train`` is where ``check_fits`` refuses.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
 
 
-def register(app):
-    pass
+def register(app: typer.Typer) -> None:
+    @app.command("plan")
+    def plan_command(
+        spec_path: Path = typer.Argument(..., metavar="JOB.yaml", help="The job spec."),
+        as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+        tokens: int = typer.Option(
+            None, "--tokens", metavar="N", help="Training tokens in one epoch; skips counting (needed for s3:// or gs:// data)."
+        ),
+    ) -> None:
+        """Estimate GPU memory, fitting instance types, wall time and cost of a job."""
+        from launcher.plan import plan
+        from launcher.spec import JobSpec
+
+        spec = JobSpec.from_yaml(spec_path)
+        result = plan(spec, dataset_tokens=tokens)
+        if as_json:
+            typer.echo(json.dumps(result.to_dict(), indent=2))
+        else:
+            _print(spec, result)
+
+
+def _gib(value: float | None) -> str:
+    return "-" if value is None else f"{value / (1 << 30):.1f}"
+
+
+def _money(value: float | None) -> str:
+    return "-" if value is None else f"${value:,.2f}"
+
+
+def _print(spec, result) -> None:  # noqa: ANN001 - JobSpec, Plan (imported lazily)
+    from rich.console import Console
+    from rich.panel import Panel
+    from rich.table import Table
+
+    from launcher import catalog
+    from launcher.errors import SpecError
+    from launcher.plan import check_fits
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=150)
+    shape, config = result.model, spec.train_config()
+    targets = "all linear layers" if config.target_modules == "all-linear" else ", ".join(config.target_modules)
+    size = f"{shape.params / 1e9:.2f}B" if shape.params >= 1e9 else f"{shape.params / 1e6:.1f}M"
+    console.print(
+        f"[bold]{spec.name}[/]: {result.base_model} ({size} params, {shape.layers} layers, hidden "
+        f"{shape.hidden}, vocab {shape.vocab:,}), {result.method.upper()} r={config.lora_r} on {targets}"
+    )
+    console.print(
+        f"micro_batch_size {config.micro_batch_size} x max_seq_len {config.max_seq_len} = "
+        f"{result.memory.micro_batch_tokens:,} tokens per micro-batch; gradient_checkpointing {config.gradient_checkpointing}"
+    )
+
+    memory = Table(title="GPU memory per GPU", title_justify="left")
+    memory.add_column("term")
+    memory.add_column("GiB", justify="right")
+    memory.add_column("how")
+    for term, value, how in result.memory.rows():
+        style = "bold" if term.startswith("total") else None
+        memory.add_row(term, _gib(value), how, style=style)
+    console.print(memory)
+
+    data = result.dataset
+    if data.tokens is None:
+        console.print(f"[yellow]Dataset: {data.note}[/]")
+    else:
+        console.print(f"Dataset: {data.tokens:,} tokens per epoch ({data.method}: {data.note}) x {result.epochs} epochs")
+
+    try:
+        check_fits(spec)
+    except SpecError as exc:
+        console.print(Panel(str(exc), title=f"the requested {result.requested} does not fit", style="bold red"))
+
+    rows = Table(title="Instance types (cheapest first; > marks the requested one)", title_justify="left")
+    for name, justify in [("", "left"), ("cloud", "left"), ("type", "left"), ("GPUs", "left"), ("fits", "left"),
+                          ("GiB needed / per GPU", "right"), ("ckpt", "left"), ("tok/s", "right"), ("hours", "right"),
+                          ("on demand", "right"), ("spot", "right")]:  # fmt: skip
+        rows.add_column(name, justify=justify)
+    for row in result.candidates:
+        gpus = f"{row.nodes}x{row.gpus}x {row.gpu}" if row.nodes > 1 else f"{row.gpus}x {row.gpu}"
+        shown = row.fits
+        style = "bold green" if row.requested and row.fits else "bold red" if row.requested else None if row.fits else "dim"
+        rows.add_row(
+            ">" if row.requested else "",
+            row.cloud,
+            row.instance_type,
+            gpus,
+            "yes" if row.fits else "NO",
+            f"{_gib(row.memory_needed)} / {_gib(row.gpu_memory)}",
+            "on" if row.gradient_checkpointing else "off",
+            f"{row.tokens_per_s:,.0f}" if row.tokens_per_s and shown else "-",
+            f"{row.hours:.2f}" if row.hours is not None and shown else "-",
+            _money(row.on_demand_cost) if shown else "-",
+            (_money(row.spot_cost) if row.spot_allowed else "no spot") if shown else "-",
+            style=style,
+        )
+    console.print(rows)
+
+    prices = catalog.load("prices")
+    throughput = catalog.load("throughput")
+    regions = ", ".join(f"{cloud} {section['region']}" for cloud, section in prices["clouds"].items())
+    measured = ", ".join(sorted({f"{e['gpu']} {e['method']}" for e in throughput["entries"] if e["source"] == "measured"}))
+    console.print(
+        f"Prices: approximate list prices as of {prices['as_of']} ({prices['currency']}; {regions}), "
+        "launcher/catalog/prices.json; check them before budgeting."
+    )
+    console.print(
+        f"Time: throughput measured for {measured}, other GPU kinds scaled by bf16 peak (launcher/catalog/throughput.json); "
+        f"{throughput['data_parallel_efficiency_per_doubling']:.0%} efficiency per doubling of GPUs; "
+        f"+{throughput['fixed_overhead_minutes']} min fixed overhead."
+    )
+    for note in result.notes:
+        console.print(f"[yellow]Note: {note}[/]")
