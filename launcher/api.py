@@ -75,10 +75,11 @@ class JobHandle:
                 raise TimeoutError(f"job {self.job_id} is still {info.state.value} after {timeout} s")
             time.sleep(poll)
         if info.state is JobState.FAILED:
-            raise JobFailedError(
-                f"job {self.job_id} failed: {info.message}. To fix: read 'launcher logs {self.job_id}', "
-                "then launch it again to resume from its newest checkpoint"
+            fix = "" if "To fix" in info.message else (
+                f". To fix: read 'launcher logs {self.job_id}', remove the cause, then launch it again "
+                "(it resumes from its newest checkpoint)"
             )
+            raise JobFailedError(f"job {self.job_id} failed: {info.message}{fix}")
         return info
 
 

@@ -1,5 +1,43 @@
-"""(being written)"""
+"""``launcher init [PATH]``: write a commented example job spec.
+
+The example is ``launcher/templates/job.yaml``: every section and key, each with a one-line comment and
+its default, starting with the command that runs it. A test loads it with ``JobSpec.from_yaml`` and
+checks it names every key of the spec, so it cannot drift from the model.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+
+import typer
 
 
-def register(app):
-    pass
+def template(path: str = "job.yaml") -> str:
+    """The example spec, with ``path`` in the commands it starts with."""
+    text = resources.files("launcher").joinpath("templates/job.yaml").read_text(encoding="utf-8")
+    return text.replace("{path}", path)
+
+
+def init(
+    path: Path = typer.Argument(Path("job.yaml"), metavar="[PATH]", help="Where to write the spec (default job.yaml)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite PATH if it exists."),
+) -> None:
+    """Write a commented example job spec to PATH."""
+    from launcher.errors import UserInputError
+
+    if path.exists() and not force:
+        raise UserInputError(f"'{path}' already exists. To fix: pass --force to overwrite it, or give another path")
+    if path.is_dir():
+        raise UserInputError(f"'{path}' is a folder. To fix: give a file path such as {path / 'job.yaml'}")
+    if not path.parent.is_dir():
+        raise UserInputError(f"folder '{path.parent}' does not exist. To fix: create it first")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same folder, so the rename is atomic
+    tmp.write_text(template(str(path)), encoding="utf-8")
+    os.replace(tmp, path)
+    typer.echo(f"Wrote {path}. Point data.train at your JSONL file, then run: launcher train {path}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("init")(init)

@@ -1,5 +1,191 @@
-"""(being written)"""
+"""Job commands: ``train``, ``status``, ``logs``, ``cancel``, ``list``.
+
+Thin wrappers over ``launcher.api``: a job id is all a later command needs (``attach`` finds the
+backend in ``$LAUNCHER_HOME/index.json``). ``train`` without ``--detach`` streams the logs until the job
+ends and exits 0 on success, 1 otherwise; Ctrl-C only detaches, the job keeps running. With ``--json``
+the result goes to stdout as JSON and everything meant for people goes to stderr. Rich is imported inside
+the commands that draw tables, so ``launcher --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+if TYPE_CHECKING:
+    from launcher.backends.base import JobInfo
+
+_STATE_STYLE = {
+    "PENDING": "yellow",
+    "RUNNING": "cyan",
+    "STOPPING": "yellow",
+    "INTERRUPTED": "magenta",
+    "SUCCEEDED": "green",
+    "FAILED": "red",
+    "CANCELLED": "dim",
+}
 
 
-def register(app):
-    pass
+def train(
+    spec_path: Path = typer.Argument(..., metavar="JOB.yaml", help="The job spec (write one with 'launcher init')."),
+    backend: str = typer.Option(
+        "local", "--backend", "-b", envvar="LAUNCHER_BACKEND", help="Where the job runs (env: LAUNCHER_BACKEND; default local)."
+    ),
+    run_name: str = typer.Option(
+        "run1",
+        "--run-name",
+        envvar="LAUNCHER_RUN_NAME",
+        help="Part of the job id: the same spec and run name re-attach to the same job (env: LAUNCHER_RUN_NAME).",
+    ),
+    new_run: bool = typer.Option(False, "--new-run", help="Start a fresh job (a run name from the current time)."),
+    detach: bool = typer.Option(False, "--detach", "-d", help="Return once the job is submitted; do not stream its logs."),
+    as_json: bool = typer.Option(False, "--json", help="Print the job as JSON on stdout (messages go to stderr)."),
+) -> None:
+    """Validate the data, stage it and start the job, or re-attach to the job this spec already started."""
+    from launcher.api import launch
+    from launcher.backends.base import JobState
+    from launcher.errors import JobFailedError
+
+    handle = launch(spec_path, backend=backend, run_name=run_name, new_run=new_run)
+    info = handle.status()
+    say = _sayer(as_json)
+    if handle.reattached:
+        say(f"Re-attached to job {handle.job_id} ({info.state.value}): same spec and run name. Use --new-run for a fresh job.")
+    else:
+        say(f"Submitted job {handle.job_id} to the {backend} backend.")
+    if detach or info.state is JobState.SUCCEEDED:
+        if detach:
+            say(f"Follow it with 'launcher logs -f {handle.job_id}'; check it with 'launcher status {handle.job_id}'.")
+        _finish(info, as_json)
+        return
+    try:
+        for line in handle.logs(follow=True):
+            say(line)
+        info = handle.wait(logs=False, poll=0.5)
+    except KeyboardInterrupt:
+        say(f"Detached; job {handle.job_id} keeps running. Re-attach with 'launcher logs -f {handle.job_id}'.")
+        raise typer.Exit(130) from None
+    if info.state is not JobState.SUCCEEDED:
+        raise JobFailedError(
+            f"job {handle.job_id} ended {info.state.value}: {info.message or 'no reason recorded'}. "
+            "To fix: run the same command again to resume it from its newest checkpoint"
+        )
+    say(f"Job {handle.job_id} SUCCEEDED. Model and metrics: {info.output}")
+    _finish(info, as_json)
+
+
+def status(
+    job_id: str = typer.Argument(..., help="The job id ('launcher list' shows them)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Show one job's state."""
+    from launcher.api import attach
+
+    info = attach(job_id).status()
+    if as_json:
+        typer.echo(json.dumps(info.to_dict(), indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column()
+    rows = {
+        "job id": info.job_id,
+        "state": f"[{_STATE_STYLE[info.state.value]}]{info.state.value}[/]",
+        "backend": info.backend,
+        "name": info.name,
+        "created": info.created_at,
+        "updated": info.updated_at,
+        "message": info.message,
+        "output": info.output,
+        **{key.replace("_", " "): str(value) for key, value in info.extra.items() if value not in (None, "")},
+    }
+    for key, value in rows.items():
+        if value:
+            table.add_row(key, value)
+    Console(soft_wrap=True).print(table)
+
+
+def logs(
+    job_id: str = typer.Argument(..., help="The job id."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines until the job ends."),
+) -> None:
+    """Print a job's log (stdout and stderr of every attempt)."""
+    from launcher.api import attach
+
+    handle = attach(job_id)
+    try:
+        for line in handle.logs(follow=follow):
+            typer.echo(line)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+def cancel(
+    job_id: str = typer.Argument(..., help="The job id."),
+    grace: float = typer.Option(
+        None,
+        "--grace",
+        envvar="LAUNCHER_CANCEL_GRACE",
+        help="Local backend: seconds between SIGTERM (the job checkpoints) and SIGKILL (env: LAUNCHER_CANCEL_GRACE; default 30).",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the job as JSON."),
+) -> None:
+    """Stop a job; it saves a checkpoint first, and submitting it again resumes from there."""
+    from launcher.api import attach
+
+    handle = attach(job_id)
+    info = handle.cancel(grace_s=grace) if grace is not None else handle.cancel()
+    if as_json:
+        typer.echo(json.dumps(info.to_dict(), indent=2))
+    else:
+        typer.echo(f"Job {job_id}: {info.state.value}" + (f" ({info.message})" if info.message else ""))
+
+
+def list_jobs(
+    state: str = typer.Option(None, "--state", "-s", help="Only jobs in this state (e.g. RUNNING, FAILED)."),
+    backend: str = typer.Option(None, "--backend", "-b", help="Only this backend's jobs (default: every backend used here)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """List jobs, newest first."""
+    from launcher.api import jobs
+
+    found = jobs(state=state, backend=backend)
+    if as_json:
+        typer.echo(json.dumps([info.to_dict() for info in found], indent=2))
+        return
+    if not found:
+        typer.echo("No jobs." + ("" if state is None else f" (state {state.upper()})"))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("JOB ID", "BACKEND", "STATE", "CREATED", "MESSAGE")
+    for info in found:
+        table.add_row(info.job_id, info.backend, f"[{_STATE_STYLE[info.state.value]}]{info.state.value}[/]", info.created_at, info.message)
+    Console(soft_wrap=True).print(table)
+
+
+def _sayer(as_json: bool):
+    def say(text: str) -> None:
+        typer.echo(text, err=as_json)
+
+    return say
+
+
+def _finish(info: JobInfo, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(info.to_dict(), indent=2))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)
+    app.command("status")(status)
+    app.command("logs")(logs)
+    app.command("cancel")(cancel)
+    app.command("list")(list_jobs)
