@@ -58,21 +58,13 @@ class JobHandle:
         """The finished job's ``metrics.json`` (schema 1)."""
         return self.backend.metrics(self.job_id)
 
-    def wait(self, logs: bool = True, poll: float = 2.0, timeout: float | None = None) -> JobInfo:
+    def wait(self, logs: bool = True, poll: float = 2.0) -> JobInfo:
         """Block until the job stops running; with ``logs``, print its log lines as they come.
-        Returns the final JobInfo; raises JobFailedError if it failed, TimeoutError after ``timeout`` s."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        Returns the final JobInfo; raises JobFailedError if the job failed."""
         if logs:
             for line in self.logs(follow=True):
                 print(line, flush=True)
-                if deadline and time.monotonic() > deadline:
-                    break
-        while True:
-            info = self.status()
-            if info.state not in (JobState.PENDING, JobState.RUNNING, JobState.STOPPING):
-                break
-            if deadline and time.monotonic() > deadline:
-                raise TimeoutError(f"job {self.job_id} is still {info.state.value} after {timeout} s")
+        while (info := self.status()).state in (JobState.PENDING, JobState.RUNNING, JobState.STOPPING):
             time.sleep(poll)
         if info.state is JobState.FAILED:
             fix = "" if "To fix" in info.message else (

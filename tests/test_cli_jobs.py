@@ -99,6 +99,14 @@ def test_multi_node_on_the_local_backend(tmp_path, data_file):
     assert_bad_input(invoke("train", str(spec)), "does not support multi-node training")
 
 
+def test_a_job_that_does_not_fit_the_gpu(tmp_path, data_file):
+    spec = write_spec(
+        tmp_path,
+        f"name: a\nbase_model: meta-llama/Llama-3.1-70B\ndata: {{train: {data_file}}}\ncompute: {{accelerator: 'A10G:1'}}\n",
+    )
+    assert_bad_input(invoke("train", str(spec)), "GiB per GPU but an A10G has", "To fix:")
+
+
 def test_bad_run_name(tmp_path, data_file):
     spec = write_spec(tmp_path, f"name: a\ndata: {{train: {data_file}}}\n")
     assert_bad_input(invoke("train", str(spec), "--run-name", "Run_1"), "run name 'Run_1'")

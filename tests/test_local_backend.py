@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 runner = CliRunner()
 
 TINY_TRAINING = {
-    "max_steps": 8,
+    "max_steps": 12,
     "max_seq_len": 64,
     "micro_batch_size": 8,
     "gradient_accumulation_steps": 1,
@@ -59,18 +59,29 @@ def spec_file(tmp_path: Path, tiny_llama_dir) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _stop_leftover_jobs():
+    """A failed test must not leave training processes behind."""
+    yield
+    for info in LocalBackend().list():
+        if not info.state.terminal and info.state is not JobState.INTERRUPTED:
+            LocalBackend().cancel(info.job_id, grace_s=5)
+
+
 def cli(*args: str):
     return runner.invoke(app, list(args), catch_exceptions=False)
 
 
-def wait_for(predicate, timeout: float = 180, what: str = "condition"):
+def wait_for(predicate, timeout: float = 300, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    states = [(info.job_id, info.state.value, info.message) for info in LocalBackend().list()]
+    logs = [line for info in LocalBackend().list() for line in LocalBackend().logs(info.job_id)][-30:]
+    raise AssertionError(f"timed out waiting for {what}; jobs: {states}; last log lines:\n" + "\n".join(logs))
 
 
 def entrypoint_processes(job_dir: str) -> int:
@@ -104,12 +115,16 @@ def test_lifecycle_detach_interrupt_resume_succeed(spec_file):
     info = json.loads(result.stdout)
     assert info["job_id"] == job_id and info["state"] in ("PENDING", "RUNNING")
     job_dir = info["extra"]["job_dir"]
-    assert json.loads(Path(job_dir, "input/config/hyperparameters.json").read_text())["max_steps"] == "8"
+    assert json.loads(Path(job_dir, "input/config/hyperparameters.json").read_text())["max_steps"] == "12"
     assert Path(job_dir, "input/data/train/train.jsonl").is_file()
 
     # A spot-style SIGTERM once training has started: checkpoint, exit 75, INTERRUPTED.
     handle = api.attach(job_id)
-    wait_for(lambda: any(line.startswith("step ") for line in handle.logs()), what="the first training step")
+    def training_started() -> bool:
+        assert handle.status().state in (JobState.PENDING, JobState.RUNNING), handle.status()
+        return any(line.startswith("step ") for line in handle.logs())
+
+    wait_for(training_started, what="the first training step")
     assert entrypoint_processes(job_dir) == 1
     os.killpg(handle.status().extra["pgid"], signal.SIGTERM)
     info = wait_for(lambda: (s := handle.status()).state is JobState.INTERRUPTED and s, what="INTERRUPTED")
@@ -126,7 +141,7 @@ def test_lifecycle_detach_interrupt_resume_succeed(spec_file):
     assert info.state is JobState.SUCCEEDED and info.extra["attempt"] == 2
     assert Path(info.output, "adapter_config.json").is_file()
     metrics = handle.metrics()
-    assert metrics["schema"] == 1 and metrics["train"]["steps"] == 8
+    assert metrics["schema"] == 1 and metrics["train"]["steps"] == 12
 
     # Logs are kept (both attempts); list shows the job; a resubmission after success re-attaches.
     logs = cli("logs", job_id).stdout

@@ -78,7 +78,7 @@ def train(
 
 
 def status(
-    job_id: str = typer.Argument(..., help="The job id ('launcher list' shows them)."),
+    job_id: str = typer.Argument(..., metavar="JOB_ID", help="The job id ('launcher list' shows them)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Show one job's state."""
@@ -112,7 +112,7 @@ def status(
 
 
 def logs(
-    job_id: str = typer.Argument(..., help="The job id."),
+    job_id: str = typer.Argument(..., metavar="JOB_ID", help="The job id."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines until the job ends."),
 ) -> None:
     """Print a job's log (stdout and stderr of every attempt)."""
@@ -127,7 +127,7 @@ def logs(
 
 
 def cancel(
-    job_id: str = typer.Argument(..., help="The job id."),
+    job_id: str = typer.Argument(..., metavar="JOB_ID", help="The job id."),
     grace: float = typer.Option(
         None,
         "--grace",
@@ -162,13 +162,18 @@ def list_jobs(
     if not found:
         typer.echo("No jobs." + ("" if state is None else f" (state {state.upper()})"))
         return
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("JOB ID", "BACKEND", "STATE", "CREATED", "MESSAGE")
+    table = Table(box=box.SIMPLE)
+    for column in ("JOB ID", "STATE", "BACKEND", "CREATED (UTC)"):
+        table.add_column(column, no_wrap=True)  # whole ids, to be copied; the message wraps
+    table.add_column("MESSAGE")
     for info in found:
-        table.add_row(info.job_id, info.backend, f"[{_STATE_STYLE[info.state.value]}]{info.state.value}[/]", info.created_at, info.message)
-    Console(soft_wrap=True).print(table)
+        state = f"[{_STATE_STYLE[info.state.value]}]{info.state.value}[/]"
+        table.add_row(info.job_id, state, info.backend, info.created_at.replace("T", " ")[5:16], info.message)
+    Console().print(table)
 
 
 def _sayer(as_json: bool):
