@@ -12,6 +12,8 @@ import json
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -23,7 +25,7 @@ from launcher import api
 from launcher.backends.base import JobState
 from launcher.backends.local import LocalBackend
 from launcher.cli.main import app
-from launcher.errors import JobFailedError
+from launcher.errors import JobFailedError, NotFoundError
 from launcher.spec import JobSpec
 
 pytestmark = pytest.mark.slow
@@ -153,17 +155,34 @@ def test_lifecycle_detach_interrupt_resume_succeed(spec_file):
     assert entrypoint_processes(job_dir) == 0
 
 
-def test_cancel_stops_the_job(spec_file):
-    handle = api.launch(spec_file, run_name="cancelme")
-    wait_for(lambda: handle.status().state is JobState.RUNNING, what="RUNNING")
+def test_ctrl_c_detaches_and_cancel_stops_the_job(spec_file):
+    job_id = JobSpec.from_yaml(spec_file).job_id("cancelme")
+    handle = api.JobHandle(job_id, LocalBackend())
+
+    def running() -> bool:
+        try:
+            return handle.status().state is JobState.RUNNING
+        except NotFoundError:
+            return False
+
+    # Ctrl-C in `launcher train` only detaches: the job keeps running.
+    command = [sys.executable, "-m", "launcher.cli.main", "train", str(spec_file), "--run-name", "cancelme"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(running, what="RUNNING")
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert f"Detached; job {job_id} keeps running. Re-attach with 'launcher logs -f {job_id}'" in out
+    assert handle.status().state is JobState.RUNNING
+
     started = time.monotonic()
-    result = cli("cancel", handle.job_id, "--grace", "60")
+    result = cli("cancel", job_id, "--grace", "60")
     assert result.exit_code == 0
-    assert f"Job {handle.job_id}: CANCELLED" in result.stdout
+    assert f"Job {job_id}: CANCELLED" in result.stdout
     assert time.monotonic() - started < 60  # the entrypoint stopped on SIGTERM; no SIGKILL needed
     assert handle.status().state is JobState.CANCELLED
     assert entrypoint_processes(handle.status().extra["job_dir"]) == 0
-    assert cli("cancel", handle.job_id).exit_code == 0  # cancelling a stopped job is harmless
+    assert cli("cancel", job_id).exit_code == 0  # cancelling a stopped job is harmless
 
 
 def test_a_failing_job_reports_why_and_exits_1(tmp_path, spec_file):
