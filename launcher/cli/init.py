@@ -8,7 +8,6 @@ checks it names every key of the spec, so it cannot drift from the model.
 from __future__ import annotations
 
 import os
-from importlib import resources
 from pathlib import Path
 
 import typer
@@ -16,6 +15,8 @@ import typer
 
 def template(path: str = "job.yaml") -> str:
     """The example spec, with ``path`` in the commands it starts with."""
+    from importlib import resources
+
     text = resources.files("launcher").joinpath("templates/job.yaml").read_text(encoding="utf-8")
     return text.replace("{path}", path)
 
