@@ -4,7 +4,8 @@ One narrow, realistic task whose facts are all given in the prompt. The user tur
 sheet (name, age, risk profile, holdings with amounts, cash, goals, recent changes); the assistant turn
 is the summary an adviser files after a review, in the firm's fixed house style, using exactly those
 facts and nothing else (no arithmetic, no invented figures). The only judgement in it is the closing
-"Adviser note", which follows the firm's rule for each risk profile.
+"Next step", which follows the firm's rule for each risk profile. Phrases are short on purpose: the demo
+fine-tunes tiny-llama on two CPU cores in a few minutes, and every token costs time there.
 
 The output is reproducible: the same seed and counts always give byte-identical files (a test checks
 that the committed files are what this script writes). Train and eval are drawn from one seeded
@@ -23,7 +24,7 @@ import random
 import tempfile
 from pathlib import Path
 
-SYSTEM = "You write client review summaries for Harbor Advisory in the house style. Use only the facts given."
+SYSTEM = "Provide the client summary report based only on the given facts."
 
 FIRST = """Maria James Aisha Tom Priya Daniel Grace Omar Elena Samuel Hannah Lucas Mei Peter Fatima George Laura
 Ivan Chloe Ahmed Nina Robert Sofia Kevin Amara Paul Julia Victor Rosa Henry Leila Martin Anna David Zoe Frank Irene
@@ -31,28 +32,25 @@ Carlos Ruth Noah""".split()
 LAST = """Lopez Okafor Chen Patel Novak Murphy Schmidt Rossi Kim Haddad Silva Brown Walsh Tanaka Singh Dubois Berg
 Costa Evans Khan Meyer Reid Moreau Ali Grant Fischer Hughes Lindqvist Osei Price""".split()
 RISK = ["conservative", "moderate", "balanced", "growth", "aggressive"]
-NOTE = {  # the firm's rule: what the closing note says for each risk profile
-    "conservative": "keep capital preservation first and review the bond ladder.",
-    "moderate": "keep the current mix and rebalance once a year.",
+NEXT_STEP = {  # the firm's rule: what the closing line says for each risk profile
+    "conservative": "keep capital safe and review bond exposure each year.",
+    "moderate": "keep the current allocation and rebalance once a year.",
     "balanced": "keep equities near half of the portfolio and rebalance each year.",
     "growth": "stay invested for the long term and review equity exposure each quarter.",
     "aggressive": "confirm the client still accepts large swings before adding risk.",
 }
 HOLDINGS = [
-    "global equity fund", "US equity index fund", "UK equity fund", "emerging markets fund", "corporate bond fund",
-    "government bonds", "dividend stocks", "money market fund", "property fund", "technology stocks",
-    "inflation-linked bonds", "balanced fund",
+    "global equity fund", "US index fund", "bond fund", "government bonds", "dividend stocks", "money market fund",
+    "property fund", "growth fund", "income fund", "emerging markets fund",
 ]
 GOALS = [
-    "retire at {age_goal}", "buy a home in {year}", "fund a child's university costs from {year}",
-    "leave an estate for the grandchildren", "build an emergency fund of {small}", "pay off the mortgage by {year}",
-    "take a sabbatical in {year}", "keep a steady income in retirement", "give {small} a year to charity",
+    "retire at {age_goal}", "buy a home in {year}", "pay off the mortgage by {year}", "fund university costs from {year}",
+    "leave an estate to the family", "keep a steady income in retirement", "build cash savings of {small}",
 ]
 CHANGES = [
-    "sold {small} of technology stocks", "inherited {big}", "started a {monthly} monthly contribution",
-    "moved {small} from bonds to cash", "received a bonus of {small}", "withdrew {small} for home repairs",
-    "changed jobs and rolled over a pension of {big}", "increased the monthly contribution to {monthly}",
-    "added {small} to the global equity fund", "no changes since the last review",
+    "sold {small} of stocks", "inherited {big}", "started a {monthly} monthly contribution", "moved {small} from bonds to cash",
+    "withdrew {small} for home repairs", "added {small} to the equity fund", "rolled over a pension of {big}",
+    "no changes since the last review",
 ]
 
 
@@ -67,7 +65,7 @@ def client(rng: random.Random) -> dict:
         "name": f"{rng.choice(FIRST)} {rng.choice(LAST)}",
         "age": age,
         "risk": rng.choice(RISK),
-        "holdings": [(name, money(rng.randrange(5_000, 400_000, 500))) for name in rng.sample(HOLDINGS, rng.randint(2, 3))],
+        "holdings": [(name, money(rng.randrange(5_000, 400_000, 500))) for name in rng.sample(HOLDINGS, rng.choice((1, 2, 2, 3)))],
         "cash": money(rng.randrange(1_000, 80_000, 500)),
     }
     fill = {
@@ -77,8 +75,8 @@ def client(rng: random.Random) -> dict:
         "big": money(rng.randrange(20_000, 250_000, 1_000)),
         "monthly": money(rng.randrange(200, 3_000, 50)),
     }
-    facts["goals"] = [g.format(**fill) for g in rng.sample(GOALS, rng.randint(1, 2))]
-    facts["changes"] = [c.format(**fill) for c in rng.sample(CHANGES[:-1], rng.randint(1, 2))] if rng.random() < 0.85 else [CHANGES[-1]]
+    facts["goals"] = [g.format(**fill) for g in rng.sample(GOALS, rng.choice((1, 1, 2)))]
+    facts["changes"] = [c.format(**fill) for c in rng.sample(CHANGES[:-1], rng.choice((1, 1, 2)))] if rng.random() < 0.85 else [CHANGES[-1]]
     return facts
 
 
@@ -87,24 +85,24 @@ def prompt(c: dict) -> str:
         [
             f"Client: {c['name']}",
             f"Age: {c['age']}",
-            f"Risk profile: {c['risk']}",
+            f"Risk: {c['risk']}",
             "Holdings: " + "; ".join(f"{name} {amount}" for name, amount in c["holdings"]),
             f"Cash: {c['cash']}",
             "Goals: " + "; ".join(c["goals"]),
-            "Recent changes: " + "; ".join(c["changes"]),
+            "Changes: " + "; ".join(c["changes"]),
         ]
     )
 
 
 def summary(c: dict) -> str:
-    """The house style: fixed headings, the facts verbatim, the risk profile's adviser note."""
+    """The house style: fixed headings, the facts verbatim, the risk profile's next step."""
     return "\n".join(
         [
             f"Summary for {c['name']}, {c['age']}, {c['risk']} risk.",
             "Holdings: " + ", ".join(f"{name} {amount}" for name, amount in c["holdings"]) + f"; cash {c['cash']}.",
             "Goals: " + "; ".join(c["goals"]) + ".",
-            "Recent changes: " + "; ".join(c["changes"]) + ".",
-            f"Adviser note: {NOTE[c['risk']]}",
+            "Changes: " + "; ".join(c["changes"]) + ".",
+            f"Next step: {NEXT_STEP[c['risk']]}",
         ]
     )
 

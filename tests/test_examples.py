@@ -42,7 +42,8 @@ def test_summaries_are_short_and_use_only_the_facts_in_the_prompt():
         (role, system), (_, user), (_, answer) = example.messages
         assert role == "system"
         assert 30 <= len(answer.split()) <= 80, example.line
-        assert answer.startswith("Summary for ") and "\nAdviser note: " in answer
+        headings = [line.split(" ", 1)[0] for line in answer.splitlines()]
+        assert headings == ["Summary", "Holdings:", "Goals:", "Changes:", "Next"], example.line
         # Every figure in the summary (amounts, ages, years) is one the client sheet gives.
         for figure in re.findall(r"\$\d{1,3}(?:,\d{3})*|\b\d+\b", answer):
             assert figure in user, (example.source, example.line, figure)
