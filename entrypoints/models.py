@@ -78,10 +78,10 @@ def load_tokenizer(base_model: str, token: str | None = None):
     return tokenizer
 
 
-def load_model(config: TrainConfig, device: str, *, dtype, gradient_checkpointing: bool, attn_implementation: str):
-    """Load the frozen base (4-bit NF4 for QLoRA) and wrap it with LoRA adapters."""
+def load_base(config: TrainConfig, device: str, *, dtype, attn_implementation: str):
+    """The frozen base model on ``device``: ``dtype`` weights for LoRA, 4-bit NF4 (double-quantised,
+    ``dtype`` compute) for QLoRA."""
     import torch
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM
 
     kwargs = {"dtype": dtype, "attn_implementation": attn_implementation, "token": hub_token(config)}
@@ -100,11 +100,29 @@ def load_model(config: TrainConfig, device: str, *, dtype, gradient_checkpointin
         )
         kwargs["device_map"] = {"": device if device != "cuda" else torch.cuda.current_device()}
     model = AutoModelForCausalLM.from_pretrained(resolve(config.base_model), **kwargs)
-    if config.method == "qlora":
+    if config.method != "qlora":
+        model.to(device)
+    return model
+
+
+def add_lora(model, config: TrainConfig, *, gradient_checkpointing: bool, upcast_non_quantized: bool = True):
+    """Freeze the base and wrap it with LoRA adapters.
+
+    ``upcast_non_quantized``: peft's ``prepare_model_for_kbit_training`` casts a QLoRA model's
+    embeddings, norms and head to fp32 (and with them the activations); the GPU fast path keeps them in
+    bf16 and only does the rest of that preparation."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    quantized = getattr(model, "is_loaded_in_4bit", False) or any(
+        type(m).__name__ == "Linear4bit" for m in model.modules()
+    )
+    if quantized:
         disable_cpu_inference_repack(model)
+    if quantized and upcast_non_quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     else:
-        model.to(device)
+        for param in model.parameters():
+            param.requires_grad_(False)
         if gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()

@@ -114,12 +114,13 @@ def make_rows(examples: Sequence[Tokenized], capacity: int, packing: bool) -> li
     return [[i] for i in range(len(examples))]
 
 
-def collate(rows: Sequence[Sequence[int]], examples: Sequence[Tokenized], pad_id: int, multiple: int = 8):
-    """A batch of rows as tensors: input_ids, targets, position_ids, doc_ids (-1 on padding)."""
+def collate(rows: Sequence[Sequence[int]], examples: Sequence[Tokenized], pad_id: int, multiple: int = 8, width: int | None = None):
+    """A batch of rows as tensors: input_ids, targets, position_ids, doc_ids (-1 on padding).
+    Rows are padded to ``width`` when given (static shapes), else to the longest row."""
     import torch
 
     lengths = [sum(len(examples[i]) for i in row) for row in rows]
-    width = -(-max(lengths) // multiple) * multiple
+    width = width or -(-max(lengths) // multiple) * multiple
     shape = (len(rows), width)
     input_ids = torch.full(shape, pad_id, dtype=torch.long)
     targets = torch.full(shape, IGNORE, dtype=torch.long)
@@ -150,12 +151,39 @@ def dense_mask(doc_ids):
     return (same & causal)[:, None]
 
 
-def block_mask(doc_ids):
-    """The same mask as a FlexAttention BlockMask: O(L) memory, fully masked blocks skipped."""
-    from torch.nn.attention.flex_attention import create_block_mask
+def block_mask(doc_ids, block: int = 128):
+    """The same mask as a FlexAttention BlockMask: O(L) memory, fully masked blocks skipped.
 
-    def document_causal(b, h, q, k):
-        return (doc_ids[b, q] == doc_ids[b, k]) & (q >= k)
+    Built straight from the document ids rather than by evaluating the mask function on every
+    (query, key) pair (``create_block_mask`` materialises an L x L tensor: 2 GB at 44k tokens).
+    Documents are contiguous runs in a row, so a (query block, key block) pair at or below the diagonal
+    holds an allowed pair exactly when their document-id ranges overlap, and is fully allowed when both
+    lie inside one document strictly below the diagonal. Padding counts as one more document."""
+    import torch
+    from torch.nn.attention.flex_attention import BlockMask
 
     batch, length = doc_ids.shape
-    return create_block_mask(document_causal, batch, None, length, length, device=doc_ids.device)
+    if length % block:
+        raise ValueError(f"row length {length} is not a multiple of the attention block size {block}")
+    docs = torch.where(doc_ids < 0, doc_ids.max() + 1, doc_ids)  # padding sorts after the last document
+    blocks = docs.view(batch, length // block, block)
+    low, high = blocks.amin(-1), blocks.amax(-1)  # non-decreasing ids: each block spans [low, high]
+    n = length // block
+    below = torch.ones(n, n, dtype=torch.bool, device=docs.device).tril()
+    strictly_below = torch.ones(n, n, dtype=torch.bool, device=docs.device).tril(-1)
+    overlap = (low[:, :, None] <= high[:, None, :]) & (high[:, :, None] >= low[:, None, :]) & below
+    single = low == high
+    full = single[:, :, None] & single[:, None, :] & (low[:, :, None] == low[:, None, :]) & strictly_below
+    partial = overlap & ~full
+
+    def indices(dense):
+        counts = dense.sum(-1, dtype=torch.int32)[:, None]
+        order = torch.argsort((~dense).to(torch.int8), dim=-1, stable=True).to(torch.int32)[:, None]
+        return counts, order
+
+    def document_causal(b, h, q, k):
+        return (docs[b, q] == docs[b, k]) & (q >= k)
+
+    kv_num, kv_idx = indices(partial)
+    full_num, full_idx = indices(full)
+    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block, mask_mod=document_causal, seq_lengths=(length, length))

@@ -71,7 +71,8 @@ class Recipe:
         self._setup_device()
         self._setup_data()
         self._setup_model()
-        self._setup_optimizer()
+        self._setup_batches()  # after the model: the fast path sizes micro-batches from measured memory
+        self._setup_optimizer()  # after the batches: the schedule needs the number of steps
         self._maybe_resume()
 
     def _setup_device(self) -> None:
@@ -85,15 +86,22 @@ class Recipe:
         if precision == "auto":
             precision = "bf16" if self.device == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
         self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        checkpointing = self.config.gradient_checkpointing
-        self.gradient_checkpointing = checkpointing == "on" or (checkpointing == "auto" and self.device == "cuda")
+        cfg = self.config
+        self.fast = cfg.fast_path == "on" or (cfg.fast_path == "auto" and self.device == "cuda")
+        # "auto": the CPU path never checkpoints; on the fast path LoRA checkpoints only if one example
+        # does not fit without it (decided in _setup_batches), QLoRA always (it is chosen for memory).
+        self.gradient_checkpointing = cfg.gradient_checkpointing == "on" or (
+            cfg.gradient_checkpointing == "auto" and self.fast and cfg.method == "qlora"
+        )
+        self.use_liger = False
         # Seed before anything draws random numbers (the data split, LoRA initialisation, dropout).
         random.seed(self.config.seed)
         import numpy as np
 
         np.random.seed(self.config.seed)
         torch.manual_seed(self.config.seed)
-        log(f"device {self.device} ({precision}), method {self.config.method}, base {self.config.base_model}")
+        log(f"device {self.device} ({precision}), method {self.config.method}, base {self.config.base_model}, "
+            f"{'fast path' if self.fast else 'standard path'}")
 
     def _setup_data(self) -> None:
         cfg = self.config
@@ -144,21 +152,14 @@ class Recipe:
         self.eval_examples = eval_examples
         self.eval_tokens = [t for t in self._tokenize(eval_examples, "eval") if t.n_targets > 0]
         self.general_tokens = self._tokenize(general, "general") if general else []
-        self.rows = sequences.make_rows(self.train_tokens, cfg.max_seq_len, cfg.packing)
-        batches = math.ceil(len(self.rows) / cfg.micro_batch_size)
-        self.windows_per_epoch = math.ceil(batches / cfg.gradient_accumulation_steps)
-        self.total_steps = cfg.max_steps or self.windows_per_epoch * cfg.epochs
         self.metrics["data"] = {
             "train_examples": len(train),
             "eval_examples": len(eval_examples),
             "truncated": truncated,
             "fully_truncated": len(fully),
             "general_mixed": len(mixed),
-            "packed_rows": len(self.rows),
         }
-        log(f"data: {len(train)} train, {len(eval_examples)} eval, {len(mixed)} general mixed, "
-            f"{len(self.rows)} rows of <= {cfg.max_seq_len} tokens, {truncated} truncated, "
-            f"{self.total_steps} optimizer steps")
+        log(f"data: {len(train)} train, {len(eval_examples)} eval, {len(mixed)} general mixed, {truncated} truncated")
 
     def _tokenize(self, examples: list, what: str) -> list[sequences.Tokenized]:
         from tqdm.auto import tqdm
@@ -169,14 +170,126 @@ class Recipe:
         ]
 
     def _setup_model(self) -> None:
-        attn = "sdpa"
-        self.model = models.load_model(
-            self.config, self.device, dtype=self.dtype,
-            gradient_checkpointing=self.gradient_checkpointing, attn_implementation=attn,
+        from entrypoints import fast
+
+        cfg = self.config
+        if self.fast and cfg.kernels != "none":
+            model_type = self.model_type()
+            self.use_liger = fast.apply_liger(model_type)  # patches classes: must precede building the model
+            if cfg.kernels == "liger" and not self.use_liger:
+                raise SpecError(f"kernels: liger needs liger-kernel, triton and a CUDA GPU, and a supported architecture (got '{model_type}'). To fix: kernels: auto")
+        # FlexAttention has no backward on the CPU: there the fast path uses the same mask, dense, with SDPA.
+        self.flex = self.fast and self.device == "cuda"
+        base = self.load_base(attn_implementation="flex_attention" if self.flex else "sdpa")
+        self.model = models.add_lora(
+            base, cfg, gradient_checkpointing=self.gradient_checkpointing, upcast_non_quantized=not self.fast
         )
+        if self.fast:
+            fast.disable_lora_input_upcast(self.model)
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in self.model.parameters())
         log(f"model: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
+
+    def model_type(self) -> str:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(models.resolve(self.config.base_model), token=models.hub_token(self.config)).model_type
+
+    def load_base(self, attn_implementation: str):
+        """The frozen base model (the GPU benchmark overrides this to build random weights from a config)."""
+        return models.load_base(self.config, self.device, dtype=self.dtype, attn_implementation=attn_implementation)
+
+    def _setup_batches(self) -> None:
+        """Rows and micro-batches. Standard path: rows of <= max_seq_len tokens (packed or one example
+        each), micro_batch_size rows a micro-batch. Fast path: one row of exactly micro_batch_tokens
+        tokens a micro-batch."""
+        cfg = self.config
+        self.pad_to = None
+        if not self.fast:
+            self.rows = sequences.make_rows(self.train_tokens, cfg.max_seq_len, cfg.packing)
+            self.rows_per_micro_batch = cfg.micro_batch_size
+        else:
+            self.micro_batch_tokens = self._micro_batch_tokens()
+            self.rows = sequences.pack([len(t) for t in self.train_tokens], self.micro_batch_tokens)
+            self.rows_per_micro_batch, self.pad_to = 1, self.micro_batch_tokens
+            self.metrics["fast_path"] = {
+                "micro_batch_tokens": self.micro_batch_tokens,
+                "bytes_per_token": getattr(self, "bytes_per_token", None),
+                "kernels": "liger" if self.use_liger else "none",
+                "attention": "flex_attention" if self.flex else "sdpa",
+                "gradient_checkpointing": self.gradient_checkpointing,
+            }
+        batches = math.ceil(len(self.rows) / self.rows_per_micro_batch)
+        self.windows_per_epoch = math.ceil(batches / cfg.gradient_accumulation_steps)
+        self.total_steps = cfg.max_steps or self.windows_per_epoch * cfg.epochs
+        self.metrics["data"]["packed_rows"] = len(self.rows)
+        log(f"batches: {len(self.rows)} rows"
+            + (f" of {self.micro_batch_tokens} tokens" if self.fast else f" of <= {cfg.max_seq_len} tokens")
+            + f", {self.total_steps} optimizer steps")
+
+    def _micro_batch_tokens(self) -> int:
+        """Explicit, remembered from the checkpoint being resumed (so a resumed run packs identically),
+        or the largest budget the GPU's memory holds (measured by a probe step)."""
+        import torch
+
+        from entrypoints import fast
+
+        cfg = self.config
+        if cfg.micro_batch_tokens:
+            return -(-max(cfg.micro_batch_tokens, cfg.max_seq_len) // fast.BLOCK) * fast.BLOCK
+        found = checkpoint.latest(self.platform.checkpoint_dir)
+        if found is not None:
+            remembered = json.loads((found / "position.json").read_text()).get("micro_batch_tokens")
+            if remembered:
+                return int(remembered)
+        if self.device != "cuda":
+            return -(-4 * cfg.max_seq_len // fast.BLOCK) * fast.BLOCK
+        total = torch.cuda.get_device_properties(0).total_memory
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        reserve = 2 * 2**30 + 0.05 * total + 8 * trainable  # CUDA context, fragmentation, AdamW states
+        probe_tokens = -(-max(2048, 2 * cfg.max_seq_len) // fast.BLOCK) * fast.BLOCK
+        for attempt in range(2):
+            available = 0.95 * total - reserve - torch.cuda.memory_allocated()
+            # Past ~16-32k tokens the matmuls gain nothing; QLoRA keeps the smaller cap (it is chosen for memory).
+            cap = 16384 if cfg.method == "qlora" else 32768
+            budget, self.bytes_per_token = fast.choose_budget(
+                self._probe, probe_tokens=probe_tokens, max_seq_len=cfg.max_seq_len, available_bytes=available, cap=cap
+            )
+            fits = budget * self.bytes_per_token <= available
+            if fits or self.gradient_checkpointing or cfg.gradient_checkpointing == "off" or attempt:
+                break
+            log("one max_seq_len example does not fit without gradient checkpointing: turning it on")
+            self.gradient_checkpointing = True
+            self.model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.model.get_base_model().enable_input_require_grads()
+        log(f"micro-batch budget: {budget} tokens ({self.bytes_per_token / 2**10:.0f} KiB per token measured)")
+        return budget
+
+    def _probe(self, tokens: int) -> int:
+        """Peak bytes one forward+backward over ``tokens`` tokens adds (RNG streams left untouched)."""
+        import torch
+
+        cfg = self.config
+        cpu_rng, cuda_rng = torch.random.get_rng_state(), torch.cuda.get_rng_state_all()
+        generator = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, self.model.config.vocab_size, (1, tokens), generator=generator)
+        positions = torch.arange(tokens) % cfg.max_seq_len
+        batch = {"input_ids": ids, "targets": torch.roll(ids, -1, 1), "position_ids": positions[None],
+                 "doc_ids": (torch.arange(tokens) // cfg.max_seq_len)[None]}
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        loss_sum, _ = self.forward(self.model, batch)
+        loss_sum.backward()
+        torch.cuda.synchronize()
+        used = torch.cuda.max_memory_allocated() - before
+        del loss_sum
+        self.model.zero_grad(set_to_none=True)
+        torch.cuda.empty_cache()
+        torch.random.set_rng_state(cpu_rng)
+        torch.cuda.set_rng_state_all(cuda_rng)
+        return used
 
     def _setup_optimizer(self) -> None:
         import torch
@@ -218,10 +331,19 @@ class Recipe:
 
         input_ids = batch["input_ids"].to(self.device)
         targets = batch["targets"].to(self.device)
-        mask = sequences.dense_mask(batch["doc_ids"].to(self.device))
+        positions = batch["position_ids"].to(self.device)
+        doc_ids = batch["doc_ids"].to(self.device)
         with torch.autocast(self.device, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            logits = model(input_ids=input_ids, position_ids=batch["position_ids"].to(self.device), attention_mask=mask).logits
-        loss_sum = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=sequences.IGNORE, reduction="sum")
+            if self.fast:
+                from entrypoints import fast
+
+                base = model.get_base_model()
+                mask = sequences.block_mask(doc_ids) if self.flex else sequences.dense_mask(doc_ids)
+                hidden = base.get_decoder()(input_ids=input_ids, position_ids=positions, attention_mask=mask).last_hidden_state
+                loss_sum = fast.linear_cross_entropy(hidden, base.get_output_embeddings().weight, targets, use_liger=self.use_liger)
+            else:
+                logits = model(input_ids=input_ids, position_ids=positions, attention_mask=sequences.dense_mask(doc_ids)).logits
+                loss_sum = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=sequences.IGNORE, reduction="sum")
         return loss_sum, (targets != sequences.IGNORE).sum()
 
     def accumulate(self, micro_batches: list[dict]) -> tuple[float, int]:
@@ -232,14 +354,14 @@ class Recipe:
         for batch in micro_batches:
             loss_sum, _ = self.forward(self.model, batch)
             (loss_sum / n_targets).backward()
-            total += float(loss_sum.detach())
-        return total, n_targets
+            total = total + loss_sum.detach()
+        return float(total), n_targets  # one device sync per optimizer step, not per micro-batch
 
     def epoch_windows(self, epoch: int) -> list[list[list[list[int]]]]:
         """The epoch's optimizer steps: windows of micro-batches of rows, in a seeded per-epoch order."""
         order = list(range(len(self.rows)))
         random.Random(self.config.seed * 1000 + epoch).shuffle(order)
-        mb, ga = self.config.micro_batch_size, self.config.gradient_accumulation_steps
+        mb, ga = self.rows_per_micro_batch, self.config.gradient_accumulation_steps
         batches = [[self.rows[i] for i in order[s : s + mb]] for s in range(0, len(order), mb)]
         return [batches[s : s + ga] for s in range(0, len(batches), ga)]
 
@@ -251,7 +373,8 @@ class Recipe:
         params = [p for p in self.model.parameters() if p.requires_grad]
         from tqdm.auto import tqdm
 
-        started, tokens_seen = time.perf_counter(), 0
+        started = time.perf_counter()
+        self.tokens_seen = 0  # non-padding tokens this process trained on (effective tokens)
         # A progress bar on a terminal; in job logs (not a TTY) the periodic step lines stand alone.
         bar = tqdm(total=self.total_steps, initial=self.step, desc="Training", unit="step", disable=None, dynamic_ncols=True)
         if self.device == "cuda":
@@ -264,11 +387,10 @@ class Recipe:
                     self._checkpoint()
                     raise Interrupted(f"stopped at step {self.step}")
                 self.model.train()
-                micro = [sequences.collate(rows, self.train_tokens, pad) for rows in windows[self.window]]
+                micro = [sequences.collate(rows, self.train_tokens, pad, width=self.pad_to) for rows in windows[self.window]]
                 window_loss, n_targets = self.accumulate(micro)
-                tokens_seen += sum(int((b["doc_ids"] >= 0).sum()) for b in micro)
-                if cfg.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                self.tokens_seen += sum(int((b["doc_ids"] >= 0).sum()) for b in micro)
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
@@ -276,10 +398,11 @@ class Recipe:
                 self.window += 1
                 lr = self.scheduler.get_last_lr()[0]
                 epoch_progress = self.epoch + self.window / len(windows)
-                self.loss_curve.append({"step": self.step, "loss": window_loss / n_targets, "lr": lr, "epoch": round(epoch_progress, 4)})
+                self.loss_curve.append({"step": self.step, "loss": window_loss / n_targets, "lr": lr,
+                                        "epoch": round(epoch_progress, 4), "grad_norm": float(grad_norm)})
                 bar.update(1)
                 if self.step % cfg.logging_steps == 0 or self.step == self.total_steps:
-                    rate = tokens_seen / max(1e-9, time.perf_counter() - started)
+                    rate = self.tokens_seen / max(1e-9, time.perf_counter() - started)
                     line = f"step {self.step}/{self.total_steps} loss {window_loss / n_targets:.4f} lr {lr:.2e} tok/s {rate:.0f}"
                     if bar.disable:
                         log(line)
@@ -299,7 +422,7 @@ class Recipe:
             "epochs": cfg.epochs,
             "examples": len(self.train_tokens),
             "target_tokens": sum(t.n_targets for t in self.train_tokens),
-            "tokens_per_s": tokens_seen / elapsed if tokens_seen else 0.0,
+            "tokens_per_s": self.tokens_seen / elapsed if self.tokens_seen else 0.0,
             "runtime_s": elapsed,
             "peak_memory_bytes": _peak_memory(self.device),
             "device": self.device,
@@ -308,7 +431,8 @@ class Recipe:
     def _checkpoint(self) -> None:
         from peft import get_peft_model_state_dict
 
-        position = {"step": self.step, "epoch": self.epoch, "window": self.window, "loss_curve": self.loss_curve}
+        position = {"step": self.step, "epoch": self.epoch, "window": self.window, "loss_curve": self.loss_curve,
+                    "micro_batch_tokens": getattr(self, "micro_batch_tokens", None)}
         path = checkpoint.save(
             self.platform.checkpoint_dir, self.step,
             adapter=get_peft_model_state_dict(self.model), optimizer=self.optimizer, scheduler=self.scheduler,
@@ -320,24 +444,37 @@ class Recipe:
     # evaluate
     # ------------------------------------------------------------------------------------------------
     def evaluate(self) -> None:
+        """Losses first (held-out loss, general perplexity; base = adapters off), then generation."""
         cfg = self.config
-        pad = self.tokenizer.pad_token_id
-        rows = sequences.make_rows(self.eval_tokens, cfg.max_seq_len, packing=True)
-        batches = [sequences.collate(rows[s : s + cfg.micro_batch_size], self.eval_tokens, pad) for s in range(0, len(rows), cfg.micro_batch_size)]
-        tuned_sum, count = evaluate.token_loss(self.model, batches, self.forward)
+        tuned_sum, count = evaluate.token_loss(self.model, self._loss_batches(self.eval_tokens), self.forward)
         with self.model.disable_adapter():
-            base_sum, _ = evaluate.token_loss(self.model, batches, self.forward)
+            base_sum, _ = evaluate.token_loss(self.model, self._loss_batches(self.eval_tokens), self.forward)
         self.metrics["eval"] = {"examples": len(self.eval_tokens), "loss_base": base_sum / count, "loss_tuned": tuned_sum / count}
         log(f"eval loss: base {base_sum / count:.4f} -> tuned {tuned_sum / count:.4f}")
+
+        self.metrics["forgetting"] = None
+        if self.general_tokens:
+            tuned_sum, n = evaluate.token_loss(self.model, self._loss_batches(self.general_tokens), self.forward)
+            with self.model.disable_adapter():
+                base_sum, _ = evaluate.token_loss(self.model, self._loss_batches(self.general_tokens), self.forward)
+            ppl_base, ppl_tuned = evaluate.perplexity(base_sum, n), evaluate.perplexity(tuned_sum, n)
+            rise = 100.0 * (ppl_tuned / ppl_base - 1.0)
+            warning = rise > cfg.forgetting_threshold_pct
+            self.metrics["forgetting"] = {"general_ppl_base": ppl_base, "general_ppl_tuned": ppl_tuned, "rise_pct": rise,
+                                          "threshold_pct": cfg.forgetting_threshold_pct, "warning": warning}
+            log(f"general perplexity: base {ppl_base:.3f} -> tuned {ppl_tuned:.3f} ({rise:+.1f}%)")
+            if warning:
+                log(f"WARNING: catastrophic forgetting: general perplexity rose {rise:.1f}% (threshold "
+                    f"{cfg.forgetting_threshold_pct:.1f}%). Consider general_mix > 0, fewer epochs or a lower learning rate")
         self._check_stop()
 
         picks = list(range(len(self.eval_examples)))
         random.Random(cfg.seed + 2).shuffle(picks)
-        picks = sorted(picks[: cfg.eval_samples])
-        chosen = [self.eval_examples[i] for i in picks]
+        chosen = [self.eval_examples[i] for i in sorted(picks[: cfg.eval_samples])]
         budget = max(1, cfg.max_seq_len - cfg.max_new_tokens)
         prompts = [sequences.prompt_ids(self.tokenizer, e)[-budget:] for e in chosen]
-        references = [e.reference for e in chosen]
+        if self.flex:  # generation has no document mask to build: plain SDPA with a padding mask
+            self.model.get_base_model().set_attn_implementation("sdpa")
 
         def generate() -> list[str]:
             return evaluate.generate(self.model, self.tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, device=self.device)
@@ -347,6 +484,7 @@ class Recipe:
         with self.model.disable_adapter():
             base_out = generate() if chosen else []
         self.model.config.use_cache = False
+        references = [e.reference for e in chosen]
         if chosen:
             base, tuned = evaluate.text_metrics(base_out, references), evaluate.text_metrics(tuned_out, references)
             self.metrics["quality"] = {"base": base, "tuned": tuned, "improvement_pct": evaluate.improvement_pct(base, tuned), "samples_scored": len(chosen)}
@@ -357,22 +495,15 @@ class Recipe:
         ][: cfg.review_samples]
         self._check_stop()
 
-        self.metrics["forgetting"] = None
-        if self.general_tokens:
-            rows = sequences.make_rows(self.general_tokens, cfg.max_seq_len, packing=True)
-            batches = [sequences.collate(rows[s : s + cfg.micro_batch_size], self.general_tokens, pad) for s in range(0, len(rows), cfg.micro_batch_size)]
-            tuned_sum, n = evaluate.token_loss(self.model, batches, self.forward)
-            with self.model.disable_adapter():
-                base_sum, _ = evaluate.token_loss(self.model, batches, self.forward)
-            ppl_base, ppl_tuned = evaluate.perplexity(base_sum, n), evaluate.perplexity(tuned_sum, n)
-            rise = 100.0 * (ppl_tuned / ppl_base - 1.0)
-            warning = rise > cfg.forgetting_threshold_pct
-            self.metrics["forgetting"] = {"general_ppl_base": ppl_base, "general_ppl_tuned": ppl_tuned, "rise_pct": rise,
-                                          "threshold_pct": cfg.forgetting_threshold_pct, "warning": warning}
-            log(f"general perplexity: base {ppl_base:.3f} -> tuned {ppl_tuned:.3f} ({rise:+.1f}%)")
-            if warning:
-                log(f"WARNING: catastrophic forgetting: general perplexity rose {rise:.1f}% (threshold "
-                    f"{cfg.forgetting_threshold_pct:.1f}%). Consider general_mix > 0, fewer epochs or a lower learning rate")
+    def _loss_batches(self, tokens: list[sequences.Tokenized]) -> list[dict]:
+        """Packed batches for a loss pass (packing does not change per-example losses: the mask isolates)."""
+        pad = self.tokenizer.pad_token_id
+        if self.fast:
+            rows = sequences.pack([len(t) for t in tokens], self.micro_batch_tokens)
+            return [sequences.collate([row], tokens, pad, width=self.micro_batch_tokens) for row in rows]
+        rows = sequences.make_rows(tokens, self.config.max_seq_len, packing=True)
+        step = self.config.micro_batch_size
+        return [sequences.collate(rows[s : s + step], tokens, pad) for s in range(0, len(rows), step)]
 
     def _check_stop(self) -> None:
         if self.stop_requested:

@@ -74,6 +74,11 @@ class Hyperparameters(StrictModel):
     logging_steps: PositiveInt = 10
     gradient_checkpointing: Literal["auto", "on", "off"] = "auto"
     precision: Literal["auto", "bf16", "fp32"] = "auto"
+    # GPU fast path (see entrypoints/fast.py): padding-free token-budget micro-batches, FlexAttention with
+    # a per-example mask, fused kernels. "auto" = on with a CUDA GPU, off on the CPU.
+    fast_path: Literal["auto", "on", "off"] = "auto"
+    micro_batch_tokens: Annotated[int, Field(ge=128)] | None = None  # fast path; None = sized from GPU memory
+    kernels: Literal["auto", "liger", "none"] = "auto"  # fast path; auto = Liger-Kernel when installed
 
     @field_validator("target_modules", mode="before")
     @classmethod

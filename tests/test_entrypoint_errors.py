@@ -13,8 +13,9 @@ GOOD = {"prompt": "Client Ann, age 30.", "completion": "Client: Ann. Age: 30."}
 
 def run_main(root, capsys) -> tuple[int, str]:
     code = train.main(["--root", str(root)])
-    err = capsys.readouterr().err.strip()
-    return code, err
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, err.strip().splitlines()[-1]  # the last line; loading bars may precede it
 
 
 def raw_job(make_job, lines: list[bytes]):
@@ -43,8 +44,7 @@ def test_bad_data_line(make_job, capsys, lines, message):
     root = raw_job(make_job, lines)
     code, err = run_main(root, capsys)
     assert code == 2
-    assert err.count("\n") == 0 and err.startswith("Error: ")
-    assert "Traceback" not in err
+    assert err.startswith("Error: ")
     import re
 
     assert re.search(message, err), err
@@ -65,7 +65,7 @@ def test_bad_data_line(make_job, capsys, lines, message):
 def test_bad_hyperparameter(make_job, capsys, hp, message):
     root = make_job(hp=hp)
     code, err = run_main(root, capsys)
-    assert code == 2 and message in err and err.count("\n") == 0
+    assert code == 2 and message in err
     assert not (root / "model").exists()
 
 

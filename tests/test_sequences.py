@@ -81,7 +81,7 @@ def test_first_fit_decreasing_packing_respects_capacity():
 
 def _packed_logits(model, tokenizer, examples, mask_kind):
     toks = [sequences.tokenize(tokenizer, e, 256) for e in examples]
-    batch = sequences.collate([list(range(len(toks)))], toks, tokenizer.pad_token_id)
+    batch = sequences.collate([list(range(len(toks)))], toks, tokenizer.pad_token_id, multiple=128)
     mask = {"dense": sequences.dense_mask, "block": sequences.block_mask, "none": lambda d: None}[mask_kind](batch["doc_ids"])
     with torch.no_grad():
         logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=mask).logits[0]
@@ -124,3 +124,24 @@ def test_position_ids_alone_leak_across_examples(model, tokenizer):
     with torch.no_grad():
         alone = model(input_ids=torch.tensor([toks[1].input_ids])).logits[0]
     assert (packed[1] - alone).abs().max() > 1e-3
+
+
+def test_block_mask_from_document_ids_equals_the_mask_function(tokenizer):
+    """The fast path builds its BlockMask from document boundaries; it must equal FlexAttention's own
+    create_block_mask over the document-causal mask function, padding included."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        length = 128 * int(torch.randint(1, 7, (1,), generator=generator))
+        doc_ids = torch.full((2, length), -1)
+        for row in range(2):
+            end = length - int(torch.randint(0, length // 2, (1,), generator=generator))
+            start, doc = 0, 0
+            while start < end:
+                size = min(end - start, int(torch.randint(1, 300, (1,), generator=generator)))
+                doc_ids[row, start : start + size] = doc
+                start, doc = start + size, doc + 1
+        docs = torch.where(doc_ids < 0, doc_ids.max() + 1, doc_ids)
+        reference = create_block_mask(lambda b, h, q, k: (docs[b, q] == docs[b, k]) & (q >= k), 2, None, length, length, device="cpu")
+        assert torch.equal(sequences.block_mask(doc_ids).to_dense(), reference.to_dense())

@@ -1,0 +1,392 @@
+"""Training throughput on one GPU: the Trainer-style baseline vs the entrypoint's fast path.
+
+    python benchmarks/train_throughput.py --out results.json          # LoRA and QLoRA, Llama-3-8B shape
+
+No download: a Llama-3-8B-shaped model is built from its config with random weights, and the dataset is
+synthetic with a fixed, realistic length distribution (seeded log-normal, median ~450 tokens, capped at
+2,048; 40% prompt, 60% answer). Both sides train LoRA r=16 / alpha 32 / dropout 0.05 on all linear layers
+over the same examples in the same process:
+
+* **baseline**: ``transformers.Trainer`` + peft as their documentation sets it up: micro-batch 8 padded to
+  the longest example, no length grouping, gradient checkpointing, SDPA, bf16 (QLoRA: NF4 with double
+  quantisation and ``prepare_model_for_kbit_training``).
+* **ours**: ``entrypoints.train.Recipe``, the entrypoint's default GPU path, unchanged; only the base
+  model and the tokenised data are injected (random weights, synthetic tokens).
+
+Effective tokens/s counts non-padding tokens (prompt and answer). The numerics check trains a small
+model of the same family on a learnable synthetic task with both paths for the same number of target
+tokens and compares held-out losses. Prints a table; ``--out`` writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from entrypoints import sequences, train  # noqa: E402
+from launcher.spec import TrainConfig  # noqa: E402
+
+LLAMA3_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                 num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192,
+                 rope_theta=500000.0, tie_word_embeddings=False)
+SMALL = dict(vocab_size=4096, hidden_size=512, intermediate_size=1536, num_hidden_layers=4,
+             num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=4096, tie_word_embeddings=False)
+CUDA = torch.cuda.is_available()  # the benchmark is for a GPU; on a CPU it only dry-runs (--shape small)
+DEVICE = "cuda" if CUDA else "cpu"
+LORA = dict(lora_r=16, lora_alpha=32.0, lora_dropout=0.05, target_modules="all-linear")
+
+
+# --- data --------------------------------------------------------------------------------------------
+def lengths(n: int, seed: int, median: int = 450, sigma: float = 0.75, cap: int = 2048, floor: int = 32) -> list[int]:
+    rng = random.Random(seed)
+    return [max(floor, min(cap, int(round(rng.lognormvariate(math.log(median), sigma))))) for _ in range(n)]
+
+
+def synthetic(n: int, vocab: int, seed: int, learnable: bool = False) -> list[sequences.Tokenized]:
+    """Random-token examples; 40% prompt, 60% answer. ``learnable``: the answer repeats the prompt (a copy
+    task a small model learns within a few hundred steps), so losses move and can be compared."""
+    rng = random.Random(seed)
+    out = []
+    for length in lengths(n, seed):
+        prompt = max(2, int(length * 0.4))
+        ids = [rng.randrange(3, vocab) for _ in range(prompt)]
+        answer = [ids[i % prompt] for i in range(length - prompt)] if learnable else [rng.randrange(3, vocab) for _ in range(length - prompt)]
+        ids = ids + answer
+        targets = [ids[i + 1] if i + 1 >= prompt else sequences.IGNORE for i in range(length - 1)] + [sequences.IGNORE]
+        out.append(sequences.Tokenized(ids, targets))
+    return out
+
+
+# --- models ------------------------------------------------------------------------------------------
+def build_base(shape: dict, method: str, attn: str, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(**shape)
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    with torch.device(DEVICE):
+        model = LlamaForCausalLM(config).to(torch.bfloat16 if CUDA else torch.float32)
+    model.config.use_cache = False
+    if method == "qlora":
+        quantize_nf4(model)
+    return model
+
+
+def quantize_nf4(model) -> None:
+    """What from_pretrained(quantization_config=NF4, double quant, bf16 compute) produces, applied to the
+    random weights in place: every decoder Linear becomes a bitsandbytes Linear4bit."""
+    import bitsandbytes as bnb
+
+    for module in list(model.model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.Linear):
+                q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
+                                      compute_dtype=torch.bfloat16, compress_statistics=True, quant_type="nf4", device="cpu")
+                q.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False, compress_statistics=True, quant_type="nf4")
+                setattr(module, name, q.to(DEVICE))  # moving a Params4bit to a device quantises it
+                del child
+    model.is_loaded_in_4bit = True
+    torch.cuda.empty_cache()
+
+
+def sync() -> None:
+    if CUDA:
+        torch.cuda.synchronize()
+
+
+def reset_peak() -> None:
+    if CUDA:
+        torch.cuda.reset_peak_memory_stats()
+
+
+def free() -> None:
+    gc.collect()
+    if CUDA:
+        torch.cuda.empty_cache()
+    reset_peak()
+
+
+# --- baseline: transformers.Trainer + peft ------------------------------------------------------------
+def run_baseline(shape, method, data, *, warmup: int, steps: int, eval_data=None, lr: float = 2e-4, seed: int = 0) -> dict:
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    free()
+    model = build_base(shape, method, attn="sdpa", seed=seed)
+    if method == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    model = get_peft_model(model, LoraConfig(r=LORA["lora_r"], lora_alpha=LORA["lora_alpha"], lora_dropout=LORA["lora_dropout"],
+                                             target_modules="all-linear", task_type="CAUSAL_LM"))
+    # Trainer-style labels: the unshifted labels with -100 on the prompt (the model shifts them).
+    def record(t):
+        labels = [sequences.IGNORE] + t.targets[:-1]
+        return {"input_ids": t.input_ids, "labels": labels}
+
+    dataset = Dataset.from_list([record(t) for t in data])
+    effective: list[int] = []
+
+    def collate(features):  # DataCollatorForSeq2Seq(padding="longest") without needing a tokenizer file
+        width = max(len(f["input_ids"]) for f in features)
+        ids = torch.zeros(len(features), width, dtype=torch.long)
+        labels = torch.full((len(features), width), sequences.IGNORE, dtype=torch.long)
+        mask = torch.zeros(len(features), width, dtype=torch.long)
+        for i, f in enumerate(features):
+            n = len(f["input_ids"])
+            ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(f["input_ids"]), torch.tensor(f["labels"]), 1
+        effective.append(int(mask.sum()))
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+    times: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            sync()
+            self.t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            sync()
+            times.append(time.perf_counter() - self.t)
+            if state.global_step == warmup:
+                reset_peak()
+
+    # No length grouping: the default sampler in every transformers 5.x (5.24 names the option
+    # train_sampling_strategy="random"; earlier ones group_by_length=False).
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(
+            output_dir=out, per_device_train_batch_size=8, gradient_accumulation_steps=1, max_steps=warmup + steps,
+            learning_rate=lr, lr_scheduler_type="constant", bf16=CUDA, use_cpu=not CUDA, gradient_checkpointing=True,
+            gradient_checkpointing_kwargs={"use_reentrant": False}, logging_steps=1,
+            save_strategy="no", report_to=[], dataloader_num_workers=0, seed=seed, remove_unused_columns=False,
+            disable_tqdm=True, max_grad_norm=1.0,
+        )
+        trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collate, callbacks=[Clock()])
+        trainer.train()
+        history = [h for h in trainer.state.log_history if "loss" in h]
+        result = _summary("baseline", method, times[warmup:], effective[warmup : warmup + steps],
+                          [h["loss"] for h in history], [h.get("grad_norm", 0.0) for h in history])
+        if eval_data is not None:
+            metrics = trainer.evaluate(eval_dataset=Dataset.from_list([record(t) for t in eval_data]))
+            result["eval_loss"] = metrics["eval_loss"]
+    del trainer, model
+    free()
+    return result
+
+
+# --- ours: the entrypoint's Recipe --------------------------------------------------------------------
+class BenchRecipe(train.Recipe):
+    """The real recipe; only the base model (random weights) and the tokenised data are injected."""
+
+    def __init__(self, shape, data, eval_data, hp, root):
+        plat = SimpleNamespace(channels={"train": root}, world=SimpleNamespace(world_size=1), checkpoint_dir=root / "ckpt",
+                               model_dir=root / "model", kind="local", job_name="bench", failure_file=None)
+        super().__init__(plat, TrainConfig(base_model="bench", **hp))
+        self.shape, self.data, self.eval_data = shape, data, eval_data
+
+    def _setup_data(self):
+        self.tokenizer = SimpleNamespace(pad_token_id=0)
+        self.train_tokens, self.eval_tokens, self.general_tokens = self.data, self.eval_data or [], []
+        self.metrics["data"] = {"train_examples": len(self.data)}
+
+    def model_type(self):
+        return "llama"
+
+    def load_base(self, attn_implementation):
+        return build_base(self.shape, self.config.method, attn=attn_implementation)
+
+
+def run_ours(shape, method, data, *, warmup: int, steps: int, eval_data=None, hp=None) -> dict:
+    free()
+    times, effective = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        config = {**LORA, "method": method, "max_seq_len": 2048, "gradient_accumulation_steps": 1, "max_steps": warmup + steps,
+                  "lr_scheduler": "constant", "warmup_ratio": 0.0, "checkpoint_every": 10**6, "logging_steps": 10**6, **(hp or {})}
+        recipe = BenchRecipe(shape, data, eval_data, config, Path(tmp))
+        recipe.setup()
+        clock = {"t": None, "seen": 0}
+
+        def on_step(step):
+            sync()
+            now = time.perf_counter()
+            if clock["t"] is not None:
+                times.append(now - clock["t"])
+                effective.append(recipe.tokens_seen - clock["seen"])
+            if step == warmup:
+                reset_peak()
+            if step >= warmup:
+                clock["t"], clock["seen"] = now, recipe.tokens_seen
+
+        recipe.on_step = on_step
+        recipe._checkpoint = lambda: None  # the benchmark measures training, not checkpoint I/O
+        recipe.train()
+        curve = recipe.loss_curve
+        result = _summary("ours", method, times, effective, [c["loss"] for c in curve], [c["grad_norm"] for c in curve])
+        result["fast_path"] = recipe.metrics.get("fast_path")
+        if eval_data is not None:
+            from entrypoints import evaluate
+
+            total, count = evaluate.token_loss(recipe.model, recipe._loss_batches(eval_data), recipe.forward)
+            result["eval_loss"] = total / count
+        del recipe
+    free()
+    return result
+
+
+def _summary(side, method, times, effective, losses, grad_norms) -> dict:
+    total_time, total_tokens = sum(times), sum(effective)
+    return {
+        "side": side, "method": method, "steps_timed": len(times),
+        "effective_tokens_per_s": total_tokens / total_time if total_time else 0.0,
+        "step_time_s": total_time / max(1, len(times)),
+        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if CUDA else 0.0,
+        "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
+        "loss_decreased": bool(losses and min(losses[-3:]) < losses[0]),
+        "grad_norm_min": min(grad_norms) if grad_norms else 0.0,
+    }
+
+
+# --- reference figures ---------------------------------------------------------------------------------
+def matmul_peak_tflops() -> float:
+    size = 8192 if CUDA else 512
+    a = torch.randn(size, size, device=DEVICE, dtype=torch.bfloat16)
+    b = torch.randn(size, size, device=DEVICE, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    sync()
+    start = time.perf_counter()
+    for _ in range(20):
+        a @ b
+    sync()
+    return 2 * size**3 * 20 / (time.perf_counter() - start) / 1e12
+
+
+def useful_flops_per_token(shape: dict, data_lengths: list[int]) -> float:
+    """4 x (non-embedding parameters, the untied output head included) per token, plus attention:
+    12 x layers x hidden x mean causal context (QK^T and PV forward, four products backward)."""
+    h, f, n, kv, heads, v = (shape[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                                 "num_key_value_heads", "num_attention_heads", "vocab_size"))
+    head = h // heads
+    per_layer = h * h * 2 + 2 * h * kv * head + 3 * h * f
+    params = n * per_layer + v * h
+    context = sum(L * (L + 1) / 2 for L in data_lengths) / sum(data_lengths)
+    return 4 * params + 12 * n * h * context
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", default="lora,qlora")
+    parser.add_argument("--examples", type=int, default=4000)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--skip-numerics", action="store_true")
+    parser.add_argument("--shape", choices=["llama3-8b", "small"], default="llama3-8b", help="small: a CPU dry run")
+    parser.add_argument("--micro-batch-tokens", type=int, default=None, help="ours: fix the budget instead of measuring it")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import importlib.metadata as md
+
+    versions = {p: md.version(p) for p in ("torch", "transformers", "peft", "bitsandbytes", "liger_kernel", "triton") if _installed(p)}
+    report = {"date": time.strftime("%Y-%m-%d"), "gpu": torch.cuda.get_device_name(0) if CUDA else "cpu", "versions": versions,
+              "command": " ".join(sys.argv), "matmul_peak_tflops": matmul_peak_tflops(), "runs": []}
+    print(f"GPU {report['gpu']}, bf16 matmul {report['matmul_peak_tflops']:.0f} TFLOP/s, {versions}", flush=True)
+    shape = LLAMA3_8B if args.shape == "llama3-8b" else SMALL
+    data = synthetic(args.examples, shape["vocab_size"], seed=1)
+    flops = useful_flops_per_token(shape, [len(t) for t in data])
+    ours_hp = {"micro_batch_tokens": args.micro_batch_tokens} if args.micro_batch_tokens else {}
+    def save() -> None:
+        if args.out:
+            Path(args.out).write_text(json.dumps(report, indent=2))
+
+    for method in args.methods.split(","):
+        for side in ("ours", "baseline"):
+            started = time.perf_counter()
+            try:
+                if side == "baseline":
+                    result = run_baseline(shape, method, data, warmup=args.warmup, steps=args.steps)
+                else:
+                    result = run_ours(shape, method, data, warmup=args.warmup, steps=args.steps, hp=ours_hp)
+            except Exception as exc:  # keep going: one failed run must not lose the others' figures
+                import traceback
+
+                traceback.print_exc()
+                report.setdefault("errors", []).append(f"{method}/{side}: {type(exc).__name__}: {exc}")
+                free()
+                continue
+            result["wall_s"] = time.perf_counter() - started
+            result["mfu"] = result["effective_tokens_per_s"] * flops / (report["matmul_peak_tflops"] * 1e12)
+            report["runs"].append(result)
+            print(json.dumps(result), flush=True)
+            save()
+    if not args.skip_numerics:
+        try:
+            report["numerics"] = numerics()
+        except Exception as exc:
+            import traceback
+
+            traceback.print_exc()
+            report.setdefault("errors", []).append(f"numerics: {type(exc).__name__}: {exc}")
+    table(report)
+    save()
+
+
+def numerics(target_tokens: int = 400_000) -> dict:
+    """Same small model, data and seed; each side trains until it has seen about ``target_tokens``
+    answer tokens, with about the same answer tokens per optimizer step, then both score the same
+    held-out set."""
+    data = synthetic(3000, SMALL["vocab_size"], seed=7, learnable=True)
+    held_out = synthetic(200, SMALL["vocab_size"], seed=8, learnable=True)
+    mean_tokens = sum(len(t) for t in data) / len(data)
+    mean_targets = sum(t.n_targets for t in data) / len(data)
+    baseline_steps = round(target_tokens / (8 * mean_targets))  # 8 examples a step
+    budget = -(-round(8 * mean_tokens) // 128) * 128  # ours: one packed row of about 8 examples a step
+    ours_steps = round(target_tokens / (budget * mean_targets / mean_tokens))
+    baseline = run_baseline(SMALL, "lora", data, warmup=0, steps=baseline_steps, eval_data=held_out, lr=1e-3)
+    ours = run_ours(SMALL, "lora", data, warmup=0, steps=ours_steps, eval_data=held_out,
+                    hp={"learning_rate": 1e-3, "micro_batch_tokens": budget})
+    gap = abs(ours["eval_loss"] - baseline["eval_loss"]) / baseline["eval_loss"]
+    return {"target_tokens": target_tokens, "baseline_eval_loss": baseline["eval_loss"], "ours_eval_loss": ours["eval_loss"],
+            "relative_gap": gap, "within_1pct": gap <= 0.01, "baseline_steps": baseline_steps, "ours_steps": ours_steps}
+
+
+def table(report: dict) -> None:
+    rows = {(r["method"], r["side"]): r for r in report["runs"]}
+    print(f"\n{'method':7} {'side':9} {'eff tok/s':>10} {'step s':>7} {'peak GiB':>9} {'MFU':>6} {'loss':>15} {'min |g|':>8}")
+    for (method, side), r in rows.items():
+        print(f"{method:7} {side:9} {r['effective_tokens_per_s']:10.0f} {r['step_time_s']:7.2f} {r['peak_memory_gib']:9.1f} "
+              f"{100 * r['mfu']:5.1f}% {r['loss_first']:7.3f}->{r['loss_last']:6.3f} {r['grad_norm_min']:8.2e}")
+    for method in {m for m, _ in rows}:
+        if (method, "baseline") in rows and (method, "ours") in rows:
+            ratio = rows[(method, "ours")]["effective_tokens_per_s"] / rows[(method, "baseline")]["effective_tokens_per_s"]
+            print(f"{method}: ours / baseline = {ratio:.2f}x")
+    if "numerics" in report:
+        n = report["numerics"]
+        print(f"numerics: eval loss baseline {n['baseline_eval_loss']:.4f} ours {n['ours_eval_loss']:.4f} gap {100 * n['relative_gap']:.2f}%")
+
+
+def _installed(name: str) -> bool:
+    import importlib.metadata as md
+
+    try:
+        md.version(name)
+        return True
+    except md.PackageNotFoundError:
+        return False
+
+
+if __name__ == "__main__":
+    main()
