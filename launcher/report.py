@@ -141,7 +141,7 @@ def loss_curve_png(metrics: dict[str, Any]) -> bytes | None:
     lr.set_ylabel("learning rate", color="#777777")
     lines = ax.get_legend_handles_labels()
     more = lr.get_legend_handles_labels()
-    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="upper right")
+    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="center right")
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")

@@ -146,9 +146,10 @@ def test_job_spec_supplies_data_model_and_max_seq_len(tmp_path, tiny_llama_dir):
     assert "over max_seq_len 20 (2 of 2 examples will be truncated)" in train["warnings"][0]
 
 
-def test_token_count_is_what_the_chat_template_renders(tiny_llama_dir):
+def test_token_count_is_the_row_training_builds(tiny_llama_dir):
     from transformers import AutoTokenizer
 
+    from entrypoints.sequences import tokenize
     from launcher.cli.data import token_counter
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
@@ -157,6 +158,7 @@ def test_token_count_is_what_the_chat_template_renders(tiny_llama_dir):
     rendered = tokenizer.apply_chat_template([{"role": r, "content": c} for r, c in first.messages], tokenize=False)
     assert rendered.startswith("<s><|user|>\n") and rendered.rstrip().endswith("</s>")
     assert counter.count(first) == len(tokenizer(rendered, add_special_tokens=False).input_ids)
+    assert counter.count(first) == len(tokenize(tokenizer, first, max_seq_len=10_000))
 
 
 def test_unreachable_tokenizer_falls_back_to_a_labelled_estimate():

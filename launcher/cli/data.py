@@ -43,57 +43,51 @@ def estimate_counter(reason: str) -> TokenCounter:
 
 
 def token_counter(base_model: str | None, token_env: str = "HF_TOKEN") -> TokenCounter:
-    """The base model's tokenizer as a counter, or the characters/4 estimate with the reason."""
+    """The base model's tokenizer as a counter, or the characters/4 estimate with the reason.
+
+    Counting goes through the training entrypoint's own tokenisation (``entrypoints.sequences``), so a
+    length here is exactly the length of the row training builds (chat template, EOS and all).
+    """
     if not base_model:
         return estimate_counter("no base model given; pass --base-model or a job spec for exact counts")
     try:
         tokenizer = _load_tokenizer(base_model, os.environ.get(token_env) or None)
+        from entrypoints.sequences import tokenize
     except Exception as exc:  # noqa: BLE001 - any failure to load means "estimate instead"
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return estimate_counter(f"tokenizer of '{base_model}' not available: {reason[:160]}")
 
     def count(example: Example) -> int:
-        if example.text is not None:
-            return len(tokenizer(example.text).input_ids)
-        messages = [{"role": role, "content": content} for role, content in example.messages]
-        text = tokenizer.apply_chat_template(messages, tokenize=False)
-        return len(tokenizer(text, add_special_tokens=False).input_ids)
+        return len(tokenize(tokenizer, example, max_seq_len=sys.maxsize))
 
     return TokenCounter(count, f"{base_model} tokenizer, chat-templated as training sees it", exact=True)
 
 
 def _load_tokenizer(base_model: str, token: str | None):
+    """The tokenizer training will use; for a Hub id, the local cache first and no long network waits."""
     try:
-        from transformers import AutoTokenizer
-    except ImportError:
-        raise RuntimeError('transformers is not installed (pip install "launcher[train]")') from None
-    if base_model.startswith(("s3://", "gs://")):
-        raise RuntimeError("validate does not download models from cloud storage")
-    if base_model == "tiny-llama":
         from transformers.utils import logging as hf_logging
 
-        from entrypoints import tiny_llama
+        from entrypoints import models
+    except ImportError as exc:
+        raise RuntimeError(f'{exc.name} is not installed (pip install "launcher[train]")') from None
+    hf_logging.disable_progress_bar()  # tiny-llama is saved once on first use; no progress bar for that
+    if base_model.startswith(("s3://", "gs://")):
+        raise RuntimeError("validate does not download models from cloud storage")
+    if base_model == "tiny-llama" or Path(base_model).expanduser().is_dir() or base_model.startswith((".", "/", "~")):
+        return models.load_tokenizer(base_model)
+    from transformers import AutoTokenizer
 
-        hf_logging.disable_progress_bar()  # materialize() saves a model once; no progress bar for that
-        source = str(tiny_llama.materialize())
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    elif Path(base_model).expanduser().is_dir():
-        tokenizer = AutoTokenizer.from_pretrained(str(Path(base_model).expanduser()))
-    else:
-        try:  # the local Hugging Face cache first: no network, no retries
-            tokenizer = AutoTokenizer.from_pretrained(base_model, local_files_only=True)
-        except Exception:  # noqa: BLE001
-            if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}:
-                raise RuntimeError("not in the local cache and HF_HUB_OFFLINE is set") from None
-            if not _hub_reachable():
-                raise RuntimeError("the Hugging Face Hub cannot be reached") from None
-            tokenizer = AutoTokenizer.from_pretrained(base_model, token=token)
+    try:  # the local Hugging Face cache first: no network, no retries
+        tokenizer = AutoTokenizer.from_pretrained(base_model, local_files_only=True)
+    except Exception:  # noqa: BLE001
+        if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}:
+            raise RuntimeError("not in the local cache and HF_HUB_OFFLINE is set") from None
+        if not _hub_reachable():
+            raise RuntimeError("the Hugging Face Hub cannot be reached") from None
+        tokenizer = AutoTokenizer.from_pretrained(base_model, token=token)
     if not tokenizer.chat_template:
-        try:
-            from entrypoints.models import DEFAULT_CHAT_TEMPLATE
-        except ImportError:
-            DEFAULT_CHAT_TEMPLATE = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
-        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+        tokenizer.chat_template = models.DEFAULT_CHAT_TEMPLATE
     return tokenizer
 
 
