@@ -110,7 +110,7 @@ def fmt(value: float | None, digits: int = 2, suffix: str = "") -> str:
 
 
 def fmt_change(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:+,.1f}%"
+    return "n/a (base 0)" if value is None else f"{value:+,.1f}%"
 
 
 # --- HTML report ------------------------------------------------------------------------------------
