@@ -195,3 +195,23 @@ def test_review_needs_exactly_one_of_out_or_import(model_dir):
     result = cli("review", JOB_ID)
     assert result.exit_code == 2
     assert result.stderr == "Error: review needs exactly one of --out FILE.csv or --import FILE.csv. To fix: pass one of them\n"
+
+
+def test_report_shows_the_forgetting_check(make_job, tmp_path):
+    from entrypoints import platform, train
+    from launcher.spec import TrainConfig
+
+    general = [{"text": f"The market report for week {i} shows stable bond yields and steady growth."} for i in range(20)]
+    root = make_job(general=general, hp={"epochs": "1", "forgetting_threshold_pct": "0.001", "review_samples": "2"})
+    plat = platform.detect(["--root", str(root)])
+    train.run(plat, TrainConfig.from_mapping(plat.hyperparameters), install_signals=False)
+    forgetting = metrics(root / "model")["forgetting"]
+    out = tmp_path / "report.html"
+    result = cli("report", root / "model", "--out", out)
+    assert result.exit_code == 0
+    page = out.read_text(encoding="utf-8")
+    row = f"<td class='num'>{forgetting['general_ppl_base']:,.2f}</td><td class='num'>{forgetting['general_ppl_tuned']:,.2f}</td>"
+    assert row in page
+    assert re.search(r"general ppl\s+│", result.stdout)
+    assert ("<p class='warn'>Perplexity on general text rose by" in page) is forgetting["warning"]
+    assert ("may have forgotten general skills" in result.stdout) is forgetting["warning"]

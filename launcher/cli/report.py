@@ -99,7 +99,7 @@ def print_quality_table(metrics: dict, title: str) -> None:
     if forgetting and forgetting.get("warning"):
         console.print(
             f"Warning: general-text perplexity rose {forgetting['rise_pct']:.1f}% (threshold {forgetting['threshold_pct']:.1f}%): "
-            "the model may have forgotten general skills.", style="yellow",
+            "the model may have forgotten general skills.", style="yellow", soft_wrap=True,
         )
 
 
