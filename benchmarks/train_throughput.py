@@ -122,7 +122,6 @@ def free() -> None:
 
 # --- baseline: transformers.Trainer + peft ------------------------------------------------------------
 def run_baseline(shape, method, data, *, warmup: int, steps: int, eval_data=None, lr: float = 2e-4, seed: int = 0) -> dict:
-    from datasets import Dataset
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
@@ -137,7 +136,7 @@ def run_baseline(shape, method, data, *, warmup: int, steps: int, eval_data=None
         labels = [sequences.IGNORE] + t.targets[:-1]
         return {"input_ids": t.input_ids, "labels": labels}
 
-    dataset = Dataset.from_list([record(t) for t in data])
+    dataset = [record(t) for t in data]  # a list is a map-style dataset to the Trainer
     effective: list[int] = []
 
     def collate(features):  # DataCollatorForSeq2Seq(padding="longest") without needing a tokenizer file
@@ -180,7 +179,7 @@ def run_baseline(shape, method, data, *, warmup: int, steps: int, eval_data=None
         result = _summary("baseline", method, times[warmup:], effective[warmup : warmup + steps],
                           [h["loss"] for h in history], [h.get("grad_norm", 0.0) for h in history])
         if eval_data is not None:
-            metrics = trainer.evaluate(eval_dataset=Dataset.from_list([record(t) for t in eval_data]))
+            metrics = trainer.evaluate(eval_dataset=[record(t) for t in eval_data])
             result["eval_loss"] = metrics["eval_loss"]
     del trainer, model
     free()
@@ -293,16 +292,19 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--skip-numerics", action="store_true")
+    parser.add_argument("--sides", default="ours,baseline")
+    parser.add_argument("--lora-dropout", type=float, default=LORA["lora_dropout"], help="both sides (default 0.05)")
     parser.add_argument("--shape", choices=["llama3-8b", "small"], default="llama3-8b", help="small: a CPU dry run")
     parser.add_argument("--micro-batch-tokens", type=int, default=None, help="ours: fix the budget instead of measuring it")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    LORA["lora_dropout"] = args.lora_dropout
     import importlib.metadata as md
 
     versions = {p: md.version(p) for p in ("torch", "transformers", "peft", "bitsandbytes", "liger_kernel", "triton") if _installed(p)}
     report = {"date": time.strftime("%Y-%m-%d"), "gpu": torch.cuda.get_device_name(0) if CUDA else "cpu", "versions": versions,
-              "command": " ".join(sys.argv), "matmul_peak_tflops": matmul_peak_tflops(), "runs": []}
+              "command": " ".join(sys.argv), "lora": dict(LORA), "matmul_peak_tflops": matmul_peak_tflops(), "runs": []}
     print(f"GPU {report['gpu']}, bf16 matmul {report['matmul_peak_tflops']:.0f} TFLOP/s, {versions}", flush=True)
     shape = LLAMA3_8B if args.shape == "llama3-8b" else SMALL
     data = synthetic(args.examples, shape["vocab_size"], seed=1)
@@ -313,7 +315,7 @@ def main() -> None:
             Path(args.out).write_text(json.dumps(report, indent=2))
 
     for method in args.methods.split(","):
-        for side in ("ours", "baseline"):
+        for side in args.sides.split(","):
             started = time.perf_counter()
             try:
                 if side == "baseline":

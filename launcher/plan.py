@@ -540,13 +540,25 @@ class Plan:
         }
 
 
+def gpu_config(config: TrainConfig) -> TrainConfig:
+    """The configuration the training entrypoint actually runs on a GPU. Its fast path (the default)
+    sizes micro-batches from measured memory, so what must fit is one ``max_seq_len`` example; and it
+    always checkpoints QLoRA under ``gradient_checkpointing: auto`` (QLoRA is chosen for memory)."""
+    if config.fast_path == "off":
+        return config
+    update: dict[str, Any] = {"micro_batch_size": 1}
+    if config.method == "qlora" and config.gradient_checkpointing == "auto":
+        update["gradient_checkpointing"] = "on"
+    return config.model_copy(update=update)
+
+
 def plan(spec: JobSpec, *, dataset_tokens: int | None = None) -> Plan:
     """Memory, time and cost of ``spec`` on every priced instance type, cheapest first.
 
     ``dataset_tokens`` (training tokens in one epoch) skips reading the data; otherwise local data is
     counted (``count_dataset_tokens``) and remote data leaves time and cost unknown.
     """
-    config = spec.train_config()
+    config = gpu_config(spec.train_config())
     shape = resolve_model(spec.base_model)
     memory = estimate_memory(shape, config)
     if dataset_tokens is not None:
@@ -588,7 +600,7 @@ def plan(spec: JobSpec, *, dataset_tokens: int | None = None) -> Plan:
 
 def _candidate(entry: dict[str, Any], spec: JobSpec, memory: MemoryEstimate) -> Candidate:
     compute = spec.compute
-    checkpointing, fits = choose_checkpointing(memory, entry["gpu"], spec.training.gradient_checkpointing)
+    checkpointing, fits = choose_checkpointing(memory, entry["gpu"], gpu_config(spec.train_config()).gradient_checkpointing)
     need, have = memory.total(checkpointing), usable_bytes(entry["gpu"])
     if fits:
         reason = f"{need / GIB:.1f} of {have / GIB:.1f} GiB" + (" with checkpointing" if checkpointing else "")
@@ -644,12 +656,13 @@ def _notes(spec: JobSpec, shape: ModelShape, candidates: list[Candidate]) -> lis
         notes.append(f"no priced instance type has exactly {compute.accelerator}; rows with {compute.accelerator.kind} are checked per GPU")
     if spec.compute.spot and requested and not any(c.spot_allowed for c in requested):
         notes.append(f"spot is requested but {requested[0].instance_type} offers no spot capacity here: {requested[0].note or 'see prices.json'}")
-    if spec.method == "qlora":
-        notes.append("QLoRA assumes embeddings, lm_head and norms stay bf16; peft's prepare_model_for_kbit_training upcasts them (and the activations) to fp32")
+    if spec.method == "qlora" and spec.training.fast_path == "off":
+        notes.append("QLoRA assumes embeddings, lm_head and norms stay bf16; with fast_path: off, peft's prepare_model_for_kbit_training upcasts them (and the activations) to fp32")
     if spec.training.use_dora:
         notes.append("DoRA's extra activation memory (it materialises each adapted weight's norm) is not modelled")
     if any(c.gpus * c.nodes > 1 for c in candidates):
-        notes.append("multi-GPU rows assume data parallelism (DDP): every GPU holds the whole model, so memory per GPU does not shrink")
+        notes.append("multi-GPU rows assume data parallelism (DDP): every GPU holds the whole model, so memory per GPU does not shrink. "
+                     "The training entrypoint runs on one GPU today; those rows show what data parallelism would give")
     if spec.training.max_seq_len > shape.max_positions > 0:
         notes.append(f"max_seq_len {spec.training.max_seq_len} is above {shape.name}'s max_position_embeddings {shape.max_positions}")
     return notes
@@ -672,7 +685,7 @@ def check_fits(spec: JobSpec) -> MemoryEstimate | None:
     shape = find_model(spec.base_model)
     if shape is None:
         return None
-    config = spec.train_config()
+    config = gpu_config(spec.train_config())
     memory = estimate_memory(shape, config)
     mode = config.gradient_checkpointing
     checkpointing, fits = choose_checkpointing(memory, kind, mode)

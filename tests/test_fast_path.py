@@ -1,0 +1,97 @@
+"""The GPU fast path's pieces, exercised on the CPU: token-budget rows, chunked linear cross-entropy,
+the same loss and gradients as the standard path, and resume with a remembered budget.
+(FlexAttention has no backward on the CPU, so there the fast path uses the same mask densely; the
+BlockMask itself is checked in test_sequences.py.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from entrypoints import fast, platform, sequences, train
+from launcher.spec import TrainConfig
+
+FAST = {"fast_path": "on", "micro_batch_tokens": "256", "gradient_accumulation_steps": "2", "lora_dropout": "0.0"}
+
+
+def recipe_for(root, **overrides) -> train.Recipe:
+    plat = platform.detect(["--root", str(root)])
+    return train.Recipe(plat, TrainConfig.from_mapping({**plat.hyperparameters, **overrides}))
+
+
+def test_chunked_linear_cross_entropy_matches_the_full_logits():
+    torch.manual_seed(0)
+    hidden = torch.randn(300, 16, requires_grad=True)
+    weight = torch.randn(50, 16)
+    targets = torch.randint(0, 50, (300,))
+    targets[::3] = sequences.IGNORE
+    full = torch.nn.functional.cross_entropy(hidden @ weight.T, targets, ignore_index=sequences.IGNORE, reduction="sum")
+    (grad_full,) = torch.autograd.grad(full, hidden)
+    chunked = fast.chunked_linear_cross_entropy(hidden, weight, targets, chunk=64)
+    (grad_chunked,) = torch.autograd.grad(chunked, hidden)
+    torch.testing.assert_close(chunked, full)
+    torch.testing.assert_close(grad_chunked, grad_full)
+
+
+def test_choose_budget_is_the_largest_block_multiple_that_fits():
+    # 1,000 bytes a token measured over 2,048 tokens; 3,000,000 bytes free -> 3,000 tokens -> 2,944 (23 x 128).
+    budget, per_token = fast.choose_budget(lambda n: 1000 * n, probe_tokens=2048, max_seq_len=512, available_bytes=3_000_000)
+    assert (budget, per_token) == (2944, 1000)
+    # Never below one max_seq_len example (rounded up to a block), never above the cap.
+    assert fast.choose_budget(lambda n: 10**6 * n, probe_tokens=256, max_seq_len=300, available_bytes=1)[0] == 384
+    assert fast.choose_budget(lambda n: n, probe_tokens=256, max_seq_len=300, available_bytes=10**12, cap=4096)[0] == 4096
+
+
+@pytest.mark.slow
+def test_fast_path_loss_and_gradients_equal_the_standard_path(make_job):
+    recipe = recipe_for(make_job(hp=FAST))
+    recipe.setup()
+    assert recipe.fast and recipe.micro_batch_tokens == 256
+    assert all(sum(len(recipe.train_tokens[i]) for i in row) <= 256 for row in recipe.rows)
+    with torch.no_grad():
+        for p in recipe.model.parameters():
+            if p.requires_grad:
+                p.add_(0.01 * torch.randn_like(p))
+    batch = sequences.collate(recipe.rows[:1], recipe.train_tokens, recipe.tokenizer.pad_token_id, width=256)
+    results = []
+    for fast_path in (True, False):
+        recipe.fast = fast_path
+        recipe.model.zero_grad()
+        loss_sum, n = recipe.forward(recipe.model, batch)
+        loss_sum.backward()
+        results.append((loss_sum.detach(), [p.grad.clone() for p in recipe.model.parameters() if p.requires_grad]))
+    (fast_loss, fast_grads), (std_loss, std_grads) = results
+    torch.testing.assert_close(fast_loss, std_loss, rtol=1e-5, atol=1e-4)
+    for a, b in zip(fast_grads, std_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_fast_path_trains_and_resumes_with_the_remembered_budget(make_job):
+    def run(root, on_step=None):
+        plat = platform.detect(["--root", str(root)])
+        return train.run(plat, TrainConfig.from_mapping(plat.hyperparameters), on_step=on_step, install_signals=on_step is not None)
+
+    hp = {**FAST, "epochs": "2", "checkpoint_every": "2", "eval_samples": "2", "max_new_tokens": "8"}
+    reference = make_job(hp=hp, name="reference")
+    metrics = run(reference)
+    assert metrics["fast_path"]["micro_batch_tokens"] == 256 and metrics["fast_path"]["attention"] == "sdpa"
+    assert metrics["loss_curve"][-1]["loss"] < metrics["loss_curve"][0]["loss"]
+
+    # Interrupted, and resumed with micro_batch_tokens removed: the budget comes from the checkpoint.
+    root = make_job(hp=hp, name="interrupted")
+    with pytest.raises(train.Interrupted):
+        run(root, on_step=lambda step: step == 3 and os.kill(os.getpid(), signal.SIGTERM))
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    config = root / "input/config/hyperparameters.json"
+    config.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items() if k != "micro_batch_tokens"}))
+    run(root)
+    expected = load_file(str(reference / "model/adapter_model.safetensors"))
+    resumed = load_file(str(root / "model/adapter_model.safetensors"))
+    for key in expected:
+        torch.testing.assert_close(resumed[key], expected[key], atol=1e-5, rtol=0)
