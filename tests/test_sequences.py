@@ -99,23 +99,23 @@ EXAMPLES = [
 ]
 
 
-def test_packed_examples_give_the_same_logits_as_alone(model, tokenizer):
-    toks, packed = _packed_logits(model, tokenizer, EXAMPLES, "dense")
+def _assert_isolated(model, tokenizer, mask_kind: str, atol: float) -> None:
+    toks, packed = _packed_logits(model, tokenizer, EXAMPLES, mask_kind)
     for tok, logits in zip(toks, packed):
         with torch.no_grad():
             alone = model(input_ids=torch.tensor([tok.input_ids])).logits[0]
-        assert torch.allclose(logits, alone, atol=1e-5), (logits - alone).abs().max()
+        assert torch.allclose(logits, alone, atol=atol), (logits - alone).abs().max()
+
+
+def test_packed_examples_give_the_same_logits_as_alone(model, tokenizer):
+    _assert_isolated(model, tokenizer, "dense", atol=1e-5)
 
 
 def test_flex_attention_block_mask_isolates_examples_too(tiny_llama_dir, tokenizer):
     from transformers import AutoModelForCausalLM
 
     flex = AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir), attn_implementation="flex_attention").eval()
-    toks, packed = _packed_logits(flex, tokenizer, EXAMPLES, "block")
-    for tok, logits in zip(toks, packed):
-        with torch.no_grad():
-            alone = flex(input_ids=torch.tensor([tok.input_ids])).logits[0]
-        assert torch.allclose(logits, alone, atol=1e-4), (logits - alone).abs().max()
+    _assert_isolated(flex, tokenizer, "block", atol=1e-4)
 
 
 def test_position_ids_alone_leak_across_examples(model, tokenizer):
