@@ -151,6 +151,8 @@ class Recipe:
             raise DataError(f"{channels['train']}: no training example has an answer left after truncation. To fix: raise max_seq_len")
         self.eval_examples = eval_examples
         self.eval_tokens = [t for t in self._tokenize(eval_examples, "eval") if t.n_targets > 0]
+        if not self.eval_tokens:
+            raise DataError("no eval example has an answer left after truncation. To fix: raise max_seq_len or shorten the eval prompts")
         self.general_tokens = self._tokenize(general, "general") if general else []
         self.metrics["data"] = {
             "train_examples": len(train),
