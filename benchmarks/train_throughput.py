@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from entrypoints import sequences, train  # noqa: E402
+from entrypoints import fast, sequences, train  # noqa: E402
 from launcher.spec import TrainConfig  # noqa: E402
 
 LLAMA3_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
@@ -355,7 +355,7 @@ def numerics(target_tokens: int = 400_000) -> dict:
     mean_tokens = sum(len(t) for t in data) / len(data)
     mean_targets = sum(t.n_targets for t in data) / len(data)
     baseline_steps = round(target_tokens / (8 * mean_targets))  # 8 examples a step
-    budget = -(-round(8 * mean_tokens) // 128) * 128  # ours: one packed row of about 8 examples a step
+    budget = fast.round_up(round(8 * mean_tokens))  # ours: one packed row of about 8 examples a step
     ours_steps = round(target_tokens / (budget * mean_targets / mean_tokens))
     baseline = run_baseline(SMALL, "lora", data, warmup=0, steps=baseline_steps, eval_data=held_out, lr=1e-3)
     ours = run_ours(SMALL, "lora", data, warmup=0, steps=ours_steps, eval_data=held_out,

@@ -31,6 +31,11 @@ import torch
 BLOCK = 128  # FlexAttention's block size: budgets are multiples of it
 
 
+def round_up(tokens: int) -> int:
+    """``tokens`` rounded up to a whole number of attention blocks."""
+    return -(-tokens // BLOCK) * BLOCK
+
+
 def liger_available() -> bool:
     try:
         import liger_kernel  # noqa: F401
@@ -104,5 +109,5 @@ def choose_budget(
     used = probe(probe_tokens)
     per_token = max(1, math.ceil(used / probe_tokens))
     budget = int(available_bytes // per_token) // BLOCK * BLOCK
-    floor = -(-max_seq_len // BLOCK) * BLOCK
+    floor = round_up(max_seq_len)
     return max(floor, min(cap, budget)), per_token

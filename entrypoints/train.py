@@ -238,18 +238,18 @@ class Recipe:
 
         cfg = self.config
         if cfg.micro_batch_tokens:
-            return -(-max(cfg.micro_batch_tokens, cfg.max_seq_len) // fast.BLOCK) * fast.BLOCK
+            return fast.round_up(max(cfg.micro_batch_tokens, cfg.max_seq_len))
         found = checkpoint.latest(self.platform.checkpoint_dir)
         if found is not None:
             remembered = json.loads((found / "position.json").read_text()).get("micro_batch_tokens")
             if remembered:
                 return int(remembered)
         if self.device != "cuda":
-            return -(-4 * cfg.max_seq_len // fast.BLOCK) * fast.BLOCK
+            return fast.round_up(4 * cfg.max_seq_len)
         total = torch.cuda.get_device_properties(0).total_memory
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         reserve = 2 * 2**30 + 0.05 * total + 8 * trainable  # CUDA context, fragmentation, AdamW states
-        probe_tokens = -(-max(2048, 2 * cfg.max_seq_len) // fast.BLOCK) * fast.BLOCK
+        probe_tokens = fast.round_up(max(2048, 2 * cfg.max_seq_len))
         for attempt in range(2):
             available = 0.95 * total - reserve - torch.cuda.memory_allocated()
             # Past ~16-32k tokens the matmuls gain nothing; QLoRA keeps the smaller cap (it is chosen for memory).
