@@ -15,6 +15,12 @@ What it does, and why each piece is here:
 * **No fp32 copies of activations.** peft casts each LoRA layer's input to the adapter's fp32 dtype
   (a full fp32 copy of every adapted activation, kept for backward); under bf16 autocast the LoRA
   matmuls run in bf16 anyway, so the cast is switched off.
+* **Adapters added inside the GEMMs.** peft computes ``result + lora_B(lora_A(x)) * scaling`` as a
+  matmul, a scale and an add, each a full pass over the layer's output (QLoRA clones the result
+  first), and autograd adds the adapter's input gradient to the base's in another pass.
+  ``fuse_lora`` routes each adapted layer through one autograd function that adds the adapter's
+  output with ``addmm(result, h, B.T, alpha=scaling)`` and, without dropout, its input gradient with
+  ``addmm(dh @ A, dy, W)``: the same arithmetic, four fewer passes over activations per layer.
 * **Token budget from memory.** A probe step measures the bytes each token costs (activations scale
   with tokens under a block-sparse mask); the budget is the largest multiple of 128 tokens that fits
   the memory target. Gradient checkpointing is switched on only when not even one ``max_seq_len``
@@ -70,6 +76,84 @@ def disable_lora_input_upcast(model) -> None:
     for module in model.modules():
         if isinstance(module, BaseTunerLayer):
             module.cast_input_dtype_enabled = False
+
+
+def fuse_lora(model) -> int:
+    """Route every plain LoRA linear layer (one adapter, no DoRA or other variant) through
+    ``_fused_lora_forward``; returns how many layers it covers."""
+    import types
+
+    from peft.tuners.lora import layer as lora_layer
+
+    kinds = [lora_layer.Linear]
+    try:
+        from peft.tuners.lora.bnb import Linear4bit
+
+        kinds.append(Linear4bit)
+    except ImportError:  # bitsandbytes not installed
+        pass
+    count = 0
+    for module in model.modules():
+        if (type(module) in kinds and not module.lora_variant and not module.fan_in_fan_out
+                and all(b.bias is None for b in module.lora_B.values())):
+            module.forward = types.MethodType(_fused_lora_forward, module)
+            count += 1
+    return count
+
+
+def _fused_lora_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    adapters = [a for a in self.active_adapters if a in self.lora_A]
+    if args or kwargs or self.disable_adapters or self.merged or len(adapters) != 1 or self.base_layer.weight.requires_grad:
+        return type(self).forward(self, x, *args, **kwargs)  # anything unusual: peft's own code
+    name = adapters[0]
+    dropout = self.lora_dropout[name]
+    dropped = None if isinstance(dropout, torch.nn.Identity) else dropout(x)
+    return _LoraLinear.apply(x, dropped, self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name], self.base_layer)
+
+
+def _frozen_weight(base: torch.nn.Module, dtype: torch.dtype) -> torch.Tensor:
+    weight = base.weight
+    if hasattr(weight, "quant_state"):  # bitsandbytes 4-bit: dequantised per use, as its own backward does
+        import bitsandbytes.functional as bnbf
+
+        return bnbf.dequantize_4bit(weight.data, weight.quant_state).to(dtype)
+    return weight.to(dtype)
+
+
+class _LoraLinear(torch.autograd.Function):
+    """``base(x) + scaling * drop(x) @ A.T @ B.T`` for a frozen base layer, with the adapter's output
+    added inside one GEMM (``addmm``) and, without dropout, the input gradient too:
+    ``dx = addmm(dh @ A, dy, W)``. Matmuls run in the autocast dtype, as peft's would."""
+
+    @staticmethod
+    def forward(ctx, x, dropped, weight_a, weight_b, scaling, base):
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        result = base(x)
+        lora_in = (x if dropped is None else dropped).to(dtype)
+        a, b = weight_a.to(dtype), weight_b.to(dtype)
+        low_rank = lora_in.reshape(-1, lora_in.shape[-1]) @ a.t()
+        out = torch.addmm(result.reshape(-1, result.shape[-1]).to(dtype), low_rank, b.t(), alpha=scaling)
+        ctx.save_for_backward(lora_in, low_rank, a, b)
+        ctx.scaling, ctx.base, ctx.fused_input = scaling, base, dropped is None
+        ctx.dtypes = (x.dtype, weight_a.dtype, weight_b.dtype)
+        return out.view(*result.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        lora_in, low_rank, a, b = ctx.saved_tensors
+        x_dtype, a_dtype, b_dtype = ctx.dtypes
+        dy = grad_out.reshape(-1, grad_out.shape[-1]).to(a.dtype)
+        d_low = (dy @ b) * ctx.scaling
+        grad_b = ((dy.t() @ low_rank) * ctx.scaling).to(b_dtype)
+        grad_a = (d_low.t() @ lora_in.reshape(-1, lora_in.shape[-1])).to(a_dtype)
+        d_lora_in = d_low @ a
+        weight = _frozen_weight(ctx.base, a.dtype)
+        shape = (*grad_out.shape[:-1], weight.shape[1])
+        if ctx.fused_input:
+            grad_x, grad_dropped = torch.addmm(d_lora_in, dy, weight).view(shape).to(x_dtype), None
+        else:
+            grad_x, grad_dropped = (dy @ weight).view(shape).to(x_dtype), d_lora_in.view(shape)
+        return grad_x, grad_dropped, grad_a, grad_b, None, None
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *, use_liger: bool, chunk: int = 4096) -> torch.Tensor:

@@ -47,6 +47,62 @@ def test_choose_budget_is_the_largest_block_multiple_that_fits():
     assert fast.choose_budget(lambda n: n, probe_tokens=256, max_seq_len=300, available_bytes=10**12, cap=4096)[0] == 4096
 
 
+def _lora_pair(quantized: bool, dropout: float):
+    """The same LoRA model twice: one on peft's own forward, one through fast.fuse_lora."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    first = torch.nn.Linear(64, 48)
+    if quantized:
+        import bitsandbytes as bnb
+
+        q = bnb.nn.Linear4bit(64, 48, compute_dtype=torch.float32, quant_type="nf4")
+        q.weight = bnb.nn.Params4bit(first.weight.data, requires_grad=False, quant_type="nf4")
+        q.bias = torch.nn.Parameter(first.bias.data, requires_grad=False)
+        first = q.to("cpu")
+    model = get_peft_model(torch.nn.Sequential(first, torch.nn.ReLU(), torch.nn.Linear(48, 16)),
+                           LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules=["0", "2"]))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # peft starts B at zero; a trained adapter is what matters
+            torch.nn.init.normal_(p, std=0.1)
+    fused = copy.deepcopy(model)
+    assert fast.fuse_lora(fused) == 2
+    return model, fused
+
+
+@pytest.mark.parametrize("quantized", [False, True], ids=["lora", "qlora-nf4"])
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_fused_lora_layers_give_peft_outputs_and_gradients(quantized, dropout):
+    peft_model, fused = _lora_pair(quantized, dropout)
+    results = []
+    for model in (peft_model, fused):
+        torch.manual_seed(1)  # the same dropout masks
+        x = torch.randn(3, 5, 64, requires_grad=True)
+        y = model(x)
+        y.square().sum().backward()
+        results.append((y.detach(), [x.grad] + [p.grad for p in model.parameters() if p.requires_grad]))
+    (y_peft, g_peft), (y_fused, g_fused) = results
+    torch.testing.assert_close(y_fused, y_peft)
+    assert len(g_fused) == 5 and all(g is not None and g.abs().sum() > 0 for g in g_fused)
+    for a, b in zip(g_fused, g_peft):
+        torch.testing.assert_close(a, b)
+
+
+def test_fused_lora_layers_leave_disabled_and_merged_adapters_to_peft():
+    peft_model, fused = _lora_pair(False, 0.0)
+    x = torch.randn(4, 64)
+    layers = fused.get_base_model()
+    without = layers[2].base_layer(torch.relu(layers[0].base_layer(x)))
+    expected = peft_model(x)
+    assert not torch.allclose(without, expected)
+    with fused.disable_adapter():
+        torch.testing.assert_close(fused(x), without)
+    fused.merge_adapter()
+    torch.testing.assert_close(fused(x), expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.slow
 def test_fast_path_loss_and_gradients_equal_the_standard_path(make_job):
     recipe = recipe_for(make_job(hp=FAST))
