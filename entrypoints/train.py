@@ -188,6 +188,7 @@ class Recipe:
         )
         if self.fast:
             fast.disable_lora_input_upcast(self.model)
+            fast.fuse_lora(self.model)
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in self.model.parameters())
         log(f"model: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
@@ -331,10 +332,10 @@ class Recipe:
         import torch
         import torch.nn.functional as F
 
-        input_ids = batch["input_ids"].to(self.device)
-        targets = batch["targets"].to(self.device)
-        positions = batch["position_ids"].to(self.device)
-        doc_ids = batch["doc_ids"].to(self.device)
+        # Pinned batches (collate_window) are copied without blocking the host.
+        input_ids, targets, positions, doc_ids = (
+            batch[k].to(self.device, non_blocking=True) for k in ("input_ids", "targets", "position_ids", "doc_ids")
+        )
         with torch.autocast(self.device, dtype=self.dtype, enabled=self.dtype != torch.float32):
             if self.fast:
                 from entrypoints import fast
@@ -348,16 +349,25 @@ class Recipe:
                 loss_sum = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=sequences.IGNORE, reduction="sum")
         return loss_sum, (targets != sequences.IGNORE).sum()
 
-    def accumulate(self, micro_batches: list[dict]) -> tuple[float, int]:
+    def accumulate(self, micro_batches: list[dict]) -> tuple[Any, int]:
         """Backward over one optimizer step's micro-batches, normalised by the window's target tokens,
-        so the gradient is the same however the window is split into micro-batches."""
+        so the gradient is the same however the window is split into micro-batches. Returns the summed
+        loss as a tensor: reading it waits for the device, so the caller does that last."""
         n_targets = sum(int((b["targets"] != sequences.IGNORE).sum()) for b in micro_batches)
         total = 0.0
         for batch in micro_batches:
             loss_sum, _ = self.forward(self.model, batch)
             (loss_sum / n_targets).backward()
             total = total + loss_sum.detach()
-        return float(total), n_targets  # one device sync per optimizer step, not per micro-batch
+        return total, n_targets
+
+    def collate_window(self, window: list[list[list[int]]]) -> list[dict]:
+        """One optimizer step's micro-batches as tensors; pinned on a GPU, so forward copies them
+        without blocking the host."""
+        micro = [sequences.collate(rows, self.train_tokens, self.tokenizer.pad_token_id, width=self.pad_to) for rows in window]
+        if self.device == "cuda":
+            micro = [{k: v.pin_memory() for k, v in b.items()} for b in micro]
+        return micro
 
     def epoch_windows(self, epoch: int) -> list[list[list[list[int]]]]:
         """The epoch's optimizer steps: windows of micro-batches of rows, in a seeded per-epoch order."""
@@ -371,7 +381,6 @@ class Recipe:
         import torch
 
         cfg = self.config
-        pad = self.tokenizer.pad_token_id
         params = [p for p in self.model.parameters() if p.requires_grad]
         from tqdm.auto import tqdm
 
@@ -383,19 +392,24 @@ class Recipe:
             torch.cuda.reset_peak_memory_stats()
         while self.step < self.total_steps:  # with max_steps, epochs continue until the step budget is spent
             windows = self.epoch_windows(self.epoch)
+            upcoming = None  # the next step's micro-batches, collated while the device runs this one
             while self.window < len(windows) and self.step < self.total_steps:
                 if self.stop_requested:
                     bar.close()
                     self._checkpoint()
                     raise Interrupted(f"stopped at step {self.step}")
-                self.model.train()
-                micro = [sequences.collate(rows, self.train_tokens, pad, width=self.pad_to) for rows in windows[self.window]]
-                window_loss, n_targets = self.accumulate(micro)
+                if not self.model.training:
+                    self.model.train()
+                micro = upcoming or self.collate_window(windows[self.window])
+                loss_sum, n_targets = self.accumulate(micro)
+                following = self.window + 1
+                upcoming = self.collate_window(windows[following]) if following < len(windows) and self.step + 1 < self.total_steps else None
                 self.tokens_seen += sum(int((b["doc_ids"] >= 0).sum()) for b in micro)
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
+                window_loss = float(loss_sum)  # the step's one wait for the device
                 self.step += 1
                 self.window += 1
                 lr = self.scheduler.get_last_lr()[0]
