@@ -41,7 +41,7 @@ class Hyperparameters(StrictModel):
     # LoRA / QLoRA
     lora_r: PositiveInt = 16
     lora_alpha: Annotated[float, Field(gt=0)] = 32.0
-    lora_dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
+    lora_dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
     use_rslora: bool = False
     use_dora: bool = False
