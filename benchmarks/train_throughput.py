@@ -4,7 +4,7 @@
 
 No download: a Llama-3-8B-shaped model is built from its config with random weights, and the dataset is
 synthetic with a fixed, realistic length distribution (seeded log-normal, median ~450 tokens, capped at
-2,048; 40% prompt, 60% answer). Both sides train LoRA r=16 / alpha 32 / dropout 0.05 on all linear layers
+2,048; 40% prompt, 60% answer). Both sides train LoRA r=16 / alpha 32 / dropout 0 on all linear layers
 over the same examples in the same process:
 
 * **baseline**: ``transformers.Trainer`` + peft as their documentation sets it up: micro-batch 8 padded to
@@ -47,7 +47,7 @@ SMALL = dict(vocab_size=4096, hidden_size=512, intermediate_size=1536, num_hidde
              num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=4096, tie_word_embeddings=False)
 CUDA = torch.cuda.is_available()  # the benchmark is for a GPU; on a CPU it only dry-runs (--shape small)
 DEVICE = "cuda" if CUDA else "cpu"
-LORA = dict(lora_r=16, lora_alpha=32.0, lora_dropout=0.05, target_modules="all-linear")
+LORA = dict(lora_r=16, lora_alpha=32.0, lora_dropout=0.0, target_modules="all-linear")  # peft's defaults but r, alpha
 
 
 # --- data --------------------------------------------------------------------------------------------
@@ -57,14 +57,22 @@ def lengths(n: int, seed: int, median: int = 450, sigma: float = 0.75, cap: int 
 
 
 def synthetic(n: int, vocab: int, seed: int, learnable: bool = False) -> list[sequences.Tokenized]:
-    """Random-token examples; 40% prompt, 60% answer. ``learnable``: the answer repeats the prompt (a copy
-    task a small model learns within a few hundred steps), so losses move and can be compared."""
+    """Random-token examples; 40% prompt, 60% answer. ``learnable``: the answer walks a fixed cycle over
+    a 32-token alphabet, starting where the prompt's first token says, so every answer token but the
+    first follows from the one before: a small model goes from ~ln(vocab) to well under 1 nat."""
     rng = random.Random(seed)
+    alphabet = random.Random(0).sample(range(3, vocab), 32)  # the same rule for every seed
+    successor = {a: alphabet[(i + 1) % len(alphabet)] for i, a in enumerate(alphabet)}
     out = []
     for length in lengths(n, seed):
         prompt = max(2, int(length * 0.4))
         ids = [rng.randrange(3, vocab) for _ in range(prompt)]
-        answer = [ids[i % prompt] for i in range(length - prompt)] if learnable else [rng.randrange(3, vocab) for _ in range(length - prompt)]
+        if learnable:
+            answer = [alphabet[ids[0] % len(alphabet)]]
+            while len(answer) < length - prompt:
+                answer.append(successor[answer[-1]])
+        else:
+            answer = [rng.randrange(3, vocab) for _ in range(length - prompt)]
         ids = ids + answer
         targets = [ids[i + 1] if i + 1 >= prompt else sequences.IGNORE for i in range(length - 1)] + [sequences.IGNORE]
         out.append(sequences.Tokenized(ids, targets))
@@ -121,7 +129,9 @@ def free() -> None:
 
 
 # --- baseline: transformers.Trainer + peft ------------------------------------------------------------
-def run_baseline(shape, method, data, *, warmup: int, steps: int, eval_data=None, lr: float = 2e-4, seed: int = 0) -> dict:
+def run_baseline(shape, method, data, *, warmup: int, steps: int, eval_data=None, lr: float = 2e-4, seed: int = 0,
+                 in_order: bool = False) -> dict:
+    """``in_order``: examples in the given order, 8 a step (the numerics check), instead of shuffled."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
@@ -138,6 +148,7 @@ def run_baseline(shape, method, data, *, warmup: int, steps: int, eval_data=None
 
     dataset = [record(t) for t in data]  # a list is a map-style dataset to the Trainer
     effective: list[int] = []
+    first: list[dict] = []  # the first training batch, re-scored after training
 
     def collate(features):  # DataCollatorForSeq2Seq(padding="longest") without needing a tokenizer file
         width = max(len(f["input_ids"]) for f in features)
@@ -148,7 +159,10 @@ def run_baseline(shape, method, data, *, warmup: int, steps: int, eval_data=None
             n = len(f["input_ids"])
             ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(f["input_ids"]), torch.tensor(f["labels"]), 1
         effective.append(int(mask.sum()))
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        if not first:
+            first.append(batch)
+        return batch
 
     times: list[float] = []
 
@@ -173,28 +187,50 @@ def run_baseline(shape, method, data, *, warmup: int, steps: int, eval_data=None
             save_strategy="no", report_to=[], dataloader_num_workers=0, seed=seed, remove_unused_columns=False,
             disable_tqdm=True, max_grad_norm=1.0,
         )
-        trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collate, callbacks=[Clock()])
+        class InOrder(Trainer):
+            def _get_train_sampler(self, *args, **kwargs):
+                return torch.utils.data.SequentialSampler(self.train_dataset)
+
+        trainer = (InOrder if in_order else Trainer)(model=model, args=args, train_dataset=dataset, data_collator=collate, callbacks=[Clock()])
+        if eval_data is not None:
+            before = held_out_loss(model, eval_data)
         trainer.train()
         history = [h for h in trainer.state.log_history if "loss" in h]
+        model.eval()
+        with torch.no_grad(), torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=CUDA):
+            rescored = float(model(**{k: v.to(DEVICE) for k, v in first[0].items()}).loss)
         result = _summary("baseline", method, times[warmup:], effective[warmup : warmup + steps],
-                          [h["loss"] for h in history], [h.get("grad_norm", 0.0) for h in history])
+                          history[0]["loss"], rescored, [h.get("grad_norm", 0.0) for h in history])
         if eval_data is not None:
-            metrics = trainer.evaluate(eval_dataset=[record(t) for t in eval_data])
-            result["eval_loss"] = metrics["eval_loss"]
+            result["eval_loss_before"], result["eval_loss"] = before, held_out_loss(model, eval_data)
     del trainer, model
     free()
     return result
+
+
+def held_out_loss(model, examples) -> float:
+    """Mean cross-entropy per target token, one example at a time (Trainer.evaluate averages batch
+    means instead, which weights tokens differently from ours)."""
+    total, count = 0.0, 0
+    model.eval()
+    with torch.no_grad(), torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=CUDA):
+        for t in examples:
+            ids = torch.tensor([t.input_ids], device=DEVICE)
+            labels = torch.tensor([[sequences.IGNORE] + t.targets[:-1]], device=DEVICE)
+            total += float(model(input_ids=ids, labels=labels).loss) * t.n_targets
+            count += t.n_targets
+    return total / count
 
 
 # --- ours: the entrypoint's Recipe --------------------------------------------------------------------
 class BenchRecipe(train.Recipe):
     """The real recipe; only the base model (random weights) and the tokenised data are injected."""
 
-    def __init__(self, shape, data, eval_data, hp, root):
+    def __init__(self, shape, data, eval_data, hp, root, in_order: bool = False):
         plat = SimpleNamespace(channels={"train": root}, world=SimpleNamespace(world_size=1), checkpoint_dir=root / "ckpt",
                                model_dir=root / "model", kind="local", job_name="bench", failure_file=None)
         super().__init__(plat, TrainConfig(base_model="bench", **hp))
-        self.shape, self.data, self.eval_data = shape, data, eval_data
+        self.shape, self.data, self.eval_data, self.in_order = shape, data, eval_data, in_order
 
     def _setup_data(self):
         self.tokenizer = SimpleNamespace(pad_token_id=0)
@@ -207,15 +243,30 @@ class BenchRecipe(train.Recipe):
     def load_base(self, attn_implementation):
         return build_base(self.shape, self.config.method, attn=attn_implementation)
 
+    def _setup_batches(self):
+        super()._setup_batches()
+        if self.in_order:  # the numerics check: the baseline's steps exactly, 8 examples a row, unshuffled
+            self.rows = [list(range(i, min(i + 8, len(self.data)))) for i in range(0, len(self.data), 8)]
 
-def run_ours(shape, method, data, *, warmup: int, steps: int, eval_data=None, hp=None) -> dict:
+    def epoch_windows(self, epoch):
+        if not self.in_order:
+            return super().epoch_windows(epoch)
+        return [[[row]] for row in self.rows]
+
+
+def run_ours(shape, method, data, *, warmup: int, steps: int, eval_data=None, hp=None, in_order: bool = False) -> dict:
     free()
     times, effective = [], []
     with tempfile.TemporaryDirectory() as tmp:
         config = {**LORA, "method": method, "max_seq_len": 2048, "gradient_accumulation_steps": 1, "max_steps": warmup + steps,
                   "lr_scheduler": "constant", "warmup_ratio": 0.0, "checkpoint_every": 10**6, "logging_steps": 10**6, **(hp or {})}
-        recipe = BenchRecipe(shape, data, eval_data, config, Path(tmp))
+        recipe = BenchRecipe(shape, data, eval_data, config, Path(tmp), in_order=in_order)
         recipe.setup()
+        from entrypoints import evaluate
+
+        if eval_data is not None:
+            total, count = evaluate.token_loss(recipe.model, recipe._loss_batches(eval_data), recipe.forward)
+            before = total / count
         clock = {"t": None, "seen": 0}
 
         def on_step(step):
@@ -233,27 +284,27 @@ def run_ours(shape, method, data, *, warmup: int, steps: int, eval_data=None, hp
         recipe._checkpoint = lambda: None  # the benchmark measures training, not checkpoint I/O
         recipe.train()
         curve = recipe.loss_curve
-        result = _summary("ours", method, times, effective, [c["loss"] for c in curve], [c["grad_norm"] for c in curve])
+        total, count = evaluate.token_loss(recipe.model, recipe.collate_window(recipe.epoch_windows(0)[0]), recipe.forward)
+        result = _summary("ours", method, times, effective, curve[0]["loss"], total / count, [c["grad_norm"] for c in curve])
         result["fast_path"] = recipe.metrics.get("fast_path")
         if eval_data is not None:
-            from entrypoints import evaluate
-
             total, count = evaluate.token_loss(recipe.model, recipe._loss_batches(eval_data), recipe.forward)
-            result["eval_loss"] = total / count
+            result["eval_loss_before"], result["eval_loss"] = before, total / count
         del recipe
     free()
     return result
 
 
-def _summary(side, method, times, effective, losses, grad_norms) -> dict:
+def _summary(side, method, times, effective, loss_first, loss_rescored, grad_norms) -> dict:
+    """``loss_first``: the first step's loss; ``loss_rescored``: the same batch's loss after the last step."""
     total_time, total_tokens = sum(times), sum(effective)
     return {
         "side": side, "method": method, "steps_timed": len(times),
         "effective_tokens_per_s": total_tokens / total_time if total_time else 0.0,
         "step_time_s": total_time / max(1, len(times)),
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if CUDA else 0.0,
-        "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
-        "loss_decreased": bool(losses and min(losses[-3:]) < losses[0]),
+        "step_times_s": [round(t, 4) for t in times], "effective_tokens_per_step": list(effective),
+        "loss_first": loss_first, "loss_first_batch_after": loss_rescored, "loss_decreased": loss_rescored < loss_first,
         "grad_norm_min": min(grad_norms) if grad_norms else 0.0,
     }
 
@@ -289,11 +340,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default="lora,qlora")
     parser.add_argument("--examples", type=int, default=4000)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=6, help="timed steps of ours (its packed steps are all alike)")
+    parser.add_argument("--baseline-steps", type=int, default=24,
+                        help="timed steps of the baseline: its padded batches vary, so its mean needs more of them")
     parser.add_argument("--skip-numerics", action="store_true")
+    parser.add_argument("--numerics-tokens", type=int, default=400_000, help="answer tokens each side trains on in the numerics check")
     parser.add_argument("--sides", default="ours,baseline")
-    parser.add_argument("--lora-dropout", type=float, default=LORA["lora_dropout"], help="both sides (default 0.05)")
+    parser.add_argument("--lora-dropout", type=float, default=LORA["lora_dropout"], help="both sides (default 0, peft's and the entrypoint's)")
     parser.add_argument("--shape", choices=["llama3-8b", "small"], default="llama3-8b", help="small: a CPU dry run")
     parser.add_argument("--micro-batch-tokens", type=int, default=None, help="ours: fix the budget instead of measuring it")
     parser.add_argument("--out", default=None)
@@ -319,7 +373,7 @@ def main() -> None:
             started = time.perf_counter()
             try:
                 if side == "baseline":
-                    result = run_baseline(shape, method, data, warmup=args.warmup, steps=args.steps)
+                    result = run_baseline(shape, method, data, warmup=args.warmup, steps=args.baseline_steps)
                 else:
                     result = run_ours(shape, method, data, warmup=args.warmup, steps=args.steps, hp=ours_hp)
             except Exception as exc:  # keep going: one failed run must not lose the others' figures
@@ -336,7 +390,7 @@ def main() -> None:
             save()
     if not args.skip_numerics:
         try:
-            report["numerics"] = numerics()
+            report["numerics"] = numerics(args.numerics_tokens)
         except Exception as exc:
             import traceback
 
@@ -347,37 +401,39 @@ def main() -> None:
 
 
 def numerics(target_tokens: int = 400_000) -> dict:
-    """Same small model, data and seed; each side trains until it has seen about ``target_tokens``
-    answer tokens, with about the same answer tokens per optimizer step, then both score the same
-    held-out set."""
+    """Same small model, LoRA initialisation, data, order and learning rate: both sides train on the
+    same 8 examples each step (ours packs them into one row, the baseline pads them) until about
+    ``target_tokens`` answer tokens, then both score the same held-out set. The task is learnable, so
+    the losses move far from where they start and a numerical difference would show."""
     data = synthetic(3000, SMALL["vocab_size"], seed=7, learnable=True)
     held_out = synthetic(200, SMALL["vocab_size"], seed=8, learnable=True)
-    mean_tokens = sum(len(t) for t in data) / len(data)
     mean_targets = sum(t.n_targets for t in data) / len(data)
-    baseline_steps = round(target_tokens / (8 * mean_targets))  # 8 examples a step
-    budget = fast.round_up(round(8 * mean_tokens))  # ours: one packed row of about 8 examples a step
-    ours_steps = round(target_tokens / (budget * mean_targets / mean_tokens))
-    baseline = run_baseline(SMALL, "lora", data, warmup=0, steps=baseline_steps, eval_data=held_out, lr=1e-3)
-    ours = run_ours(SMALL, "lora", data, warmup=0, steps=ours_steps, eval_data=held_out,
-                    hp={"learning_rate": 1e-3, "micro_batch_tokens": budget})
+    steps = min(len(data) // 8, round(target_tokens / (8 * mean_targets)))
+    widest = max(sum(len(t) for t in data[i : i + 8]) for i in range(0, 8 * steps, 8))
+    baseline = run_baseline(SMALL, "lora", data, warmup=0, steps=steps, eval_data=held_out, lr=1e-3, in_order=True)
+    ours = run_ours(SMALL, "lora", data, warmup=0, steps=steps, eval_data=held_out, in_order=True,
+                    hp={"learning_rate": 1e-3, "micro_batch_tokens": fast.round_up(widest)})
     gap = abs(ours["eval_loss"] - baseline["eval_loss"]) / baseline["eval_loss"]
-    return {"target_tokens": target_tokens, "baseline_eval_loss": baseline["eval_loss"], "ours_eval_loss": ours["eval_loss"],
-            "relative_gap": gap, "within_1pct": gap <= 0.01, "baseline_steps": baseline_steps, "ours_steps": ours_steps}
+    return {"target_tokens": round(steps * 8 * mean_targets), "steps": steps,
+            "eval_loss_before": {"baseline": baseline["eval_loss_before"], "ours": ours["eval_loss_before"]},
+            "baseline_eval_loss": baseline["eval_loss"], "ours_eval_loss": ours["eval_loss"],
+            "relative_gap": gap, "within_1pct": gap <= 0.01}
 
 
 def table(report: dict) -> None:
     rows = {(r["method"], r["side"]): r for r in report["runs"]}
-    print(f"\n{'method':7} {'side':9} {'eff tok/s':>10} {'step s':>7} {'peak GiB':>9} {'MFU':>6} {'loss':>15} {'min |g|':>8}")
+    print(f"\n{'method':7} {'side':9} {'eff tok/s':>10} {'step s':>7} {'peak GiB':>9} {'MFU':>6} {'first batch loss':>17} {'min |g|':>8}")
     for (method, side), r in rows.items():
         print(f"{method:7} {side:9} {r['effective_tokens_per_s']:10.0f} {r['step_time_s']:7.2f} {r['peak_memory_gib']:9.1f} "
-              f"{100 * r['mfu']:5.1f}% {r['loss_first']:7.3f}->{r['loss_last']:6.3f} {r['grad_norm_min']:8.2e}")
+              f"{100 * r['mfu']:5.1f}% {r['loss_first']:8.4f}->{r['loss_first_batch_after']:7.4f} {r['grad_norm_min']:8.2e}")
     for method in {m for m, _ in rows}:
         if (method, "baseline") in rows and (method, "ours") in rows:
             ratio = rows[(method, "ours")]["effective_tokens_per_s"] / rows[(method, "baseline")]["effective_tokens_per_s"]
             print(f"{method}: ours / baseline = {ratio:.2f}x")
     if "numerics" in report:
         n = report["numerics"]
-        print(f"numerics: eval loss baseline {n['baseline_eval_loss']:.4f} ours {n['ours_eval_loss']:.4f} gap {100 * n['relative_gap']:.2f}%")
+        print(f"numerics: eval loss {n['eval_loss_before']['baseline']:.4f} before; after {n['target_tokens']:,} answer tokens "
+              f"baseline {n['baseline_eval_loss']:.4f}, ours {n['ours_eval_loss']:.4f}, gap {100 * n['relative_gap']:.2f}%")
 
 
 def _installed(name: str) -> bool:
