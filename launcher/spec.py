@@ -79,6 +79,15 @@ class Hyperparameters(StrictModel):
     fast_path: Literal["auto", "on", "off"] = "auto"
     micro_batch_tokens: Annotated[int, Field(ge=128)] | None = None  # fast path; None = sized from GPU memory
     kernels: Literal["auto", "liger", "none"] = "auto"  # fast path; auto = Liger-Kernel when installed
+    # Fast path, LoRA only: the frozen bf16 base layers multiply in float8 (compute capability >= 8.9).
+    # Off by default: it trades precision in the base's matmuls for speed; measure eval loss with it.
+    fp8: Literal["off", "on"] = "off"
+
+    @field_validator("gradient_checkpointing", "fast_path", "fp8", mode="before")
+    @classmethod
+    def _on_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare on/off as a boolean (and it travels as "true"/"false" as a hyperparameter).
+        return {True: "on", False: "off", "true": "on", "false": "off"}.get(value, value) if isinstance(value, (bool, str)) else value
 
     @field_validator("target_modules", mode="before")
     @classmethod

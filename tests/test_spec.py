@@ -26,6 +26,13 @@ def test_yaml_round_trip_resolves_data_paths_next_to_the_spec(tmp_path):
     assert again == spec
 
 
+def test_bare_yaml_on_and_off_are_the_switch_values_not_booleans(tmp_path):
+    # YAML 1.1 reads on/off as true/false; the on/off settings take them as written.
+    path = write(tmp_path, "name: fin\ndata:\n  train: t.jsonl\ntraining:\n  gradient_checkpointing: off\n  fast_path: on\n  fp8: off\n")
+    training = JobSpec.from_yaml(path).training
+    assert (training.gradient_checkpointing, training.fast_path, training.fp8) == ("off", "on", "off")
+
+
 @pytest.mark.parametrize(
     "text,message",
     [
