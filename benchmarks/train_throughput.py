@@ -350,6 +350,7 @@ def main() -> None:
     parser.add_argument("--lora-dropout", type=float, default=LORA["lora_dropout"], help="both sides (default 0, peft's and the entrypoint's)")
     parser.add_argument("--shape", choices=["llama3-8b", "small"], default="llama3-8b", help="small: a CPU dry run")
     parser.add_argument("--micro-batch-tokens", type=int, default=None, help="ours: fix the budget instead of measuring it")
+    parser.add_argument("--fp8", action="store_true", help="ours: fp8: on for LoRA (float8 base matmuls), numerics check included")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -375,7 +376,8 @@ def main() -> None:
                 if side == "baseline":
                     result = run_baseline(shape, method, data, warmup=args.warmup, steps=args.baseline_steps)
                 else:
-                    result = run_ours(shape, method, data, warmup=args.warmup, steps=args.steps, hp=ours_hp)
+                    fp8 = {"fp8": "on"} if args.fp8 and method == "lora" else {}
+                    result = run_ours(shape, method, data, warmup=args.warmup, steps=args.steps, hp={**ours_hp, **fp8})
             except Exception as exc:  # keep going: one failed run must not lose the others' figures
                 import traceback
 
@@ -390,7 +392,7 @@ def main() -> None:
             save()
     if not args.skip_numerics:
         try:
-            report["numerics"] = numerics(args.numerics_tokens)
+            report["numerics"] = numerics(args.numerics_tokens, fp8=args.fp8)
         except Exception as exc:
             import traceback
 
@@ -400,7 +402,7 @@ def main() -> None:
     save()
 
 
-def numerics(target_tokens: int = 400_000) -> dict:
+def numerics(target_tokens: int = 400_000, fp8: bool = False) -> dict:
     """Same small model, LoRA initialisation, data, order and learning rate: both sides train on the
     same 8 examples each step (ours packs them into one row, the baseline pads them) until about
     ``target_tokens`` answer tokens, then both score the same held-out set. The task is learnable, so
@@ -412,7 +414,7 @@ def numerics(target_tokens: int = 400_000) -> dict:
     widest = max(sum(len(t) for t in data[i : i + 8]) for i in range(0, 8 * steps, 8))
     baseline = run_baseline(SMALL, "lora", data, warmup=0, steps=steps, eval_data=held_out, lr=1e-3, in_order=True)
     ours = run_ours(SMALL, "lora", data, warmup=0, steps=steps, eval_data=held_out, in_order=True,
-                    hp={"learning_rate": 1e-3, "micro_batch_tokens": fast.round_up(widest)})
+                    hp={"learning_rate": 1e-3, "micro_batch_tokens": fast.round_up(widest), **({"fp8": "on"} if fp8 else {})})
     gap = abs(ours["eval_loss"] - baseline["eval_loss"]) / baseline["eval_loss"]
     return {"target_tokens": round(steps * 8 * mean_targets), "steps": steps,
             "eval_loss_before": {"baseline": baseline["eval_loss_before"], "ours": ours["eval_loss_before"]},

@@ -21,6 +21,10 @@ What it does, and why each piece is here:
   ``fuse_lora`` routes each adapted layer through one autograd function that adds the adapter's
   output with ``addmm(result, h, B.T, alpha=scaling)`` and, without dropout, its input gradient with
   ``addmm(dh @ A, dy, W)``: the same arithmetic, four fewer passes over activations per layer.
+* **Optional float8 base matmuls** (``fp8: on``, LoRA on compute capability 8.9+): the frozen bf16
+  weights are also kept in float8 with per-channel scales, and the base's forward and input-gradient
+  GEMMs run through ``torch._scaled_mm`` with per-token scales. Off by default: its speed and eval-loss
+  cost are for the benchmark (``--fp8``) to show.
 * **Token budget from memory.** A probe step measures the bytes each token costs (activations scale
   with tokens under a block-sparse mask); the budget is the largest multiple of 128 tokens that fits
   the memory target. Gradient checkpointing is switched on only when not even one ``max_seq_len``
@@ -78,9 +82,10 @@ def disable_lora_input_upcast(model) -> None:
             module.cast_input_dtype_enabled = False
 
 
-def fuse_lora(model) -> int:
+def fuse_lora(model, fp8: bool = False) -> int:
     """Route every plain LoRA linear layer (one adapter, no DoRA or other variant) through
-    ``_fused_lora_forward``; returns how many layers it covers."""
+    ``_fused_lora_forward``; returns how many layers it covers. ``fp8``: the frozen bf16 base layers
+    multiply in float8 (``Fp8Weight``); 4-bit bases keep their own kernels."""
     import types
 
     from peft.tuners.lora import layer as lora_layer
@@ -97,6 +102,8 @@ def fuse_lora(model) -> int:
         if (type(module) in kinds and not module.lora_variant and not module.fan_in_fan_out
                 and all(b.bias is None for b in module.lora_B.values())):
             module.forward = types.MethodType(_fused_lora_forward, module)
+            if fp8 and type(module.base_layer) is torch.nn.Linear:
+                module.launcher_fp8 = Fp8Weight(module.base_layer.weight)
             count += 1
     return count
 
@@ -108,7 +115,8 @@ def _fused_lora_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     name = adapters[0]
     dropout = self.lora_dropout[name]
     dropped = None if isinstance(dropout, torch.nn.Identity) else dropout(x)
-    return _LoraLinear.apply(x, dropped, self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name], self.base_layer)
+    return _LoraLinear.apply(x, dropped, self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name], self.base_layer,
+                             getattr(self, "launcher_fp8", None))
 
 
 def _frozen_weight(base: torch.nn.Module, dtype: torch.dtype) -> torch.Tensor:
@@ -126,15 +134,15 @@ class _LoraLinear(torch.autograd.Function):
     ``dx = addmm(dh @ A, dy, W)``. Matmuls run in the autocast dtype, as peft's would."""
 
     @staticmethod
-    def forward(ctx, x, dropped, weight_a, weight_b, scaling, base):
+    def forward(ctx, x, dropped, weight_a, weight_b, scaling, base, fp8=None):
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-        result = base(x)
+        result = base(x) if fp8 is None else fp8.forward(x.to(dtype), base.bias)
         lora_in = (x if dropped is None else dropped).to(dtype)
         a, b = weight_a.to(dtype), weight_b.to(dtype)
         low_rank = lora_in.reshape(-1, lora_in.shape[-1]) @ a.t()
         out = torch.addmm(result.reshape(-1, result.shape[-1]).to(dtype), low_rank, b.t(), alpha=scaling)
         ctx.save_for_backward(lora_in, low_rank, a, b)
-        ctx.scaling, ctx.base, ctx.fused_input = scaling, base, dropped is None
+        ctx.scaling, ctx.base, ctx.fused_input, ctx.fp8 = scaling, base, dropped is None, fp8
         ctx.dtypes = (x.dtype, weight_a.dtype, weight_b.dtype)
         return out.view(*result.shape[:-1], out.shape[-1])
 
@@ -147,13 +155,61 @@ class _LoraLinear(torch.autograd.Function):
         grad_b = ((dy.t() @ low_rank) * ctx.scaling).to(b_dtype)
         grad_a = (d_low.t() @ lora_in.reshape(-1, lora_in.shape[-1])).to(a_dtype)
         d_lora_in = d_low @ a
+        shape = (*grad_out.shape[:-1], a.shape[1])
+        if ctx.fp8 is not None:
+            grad_base = ctx.fp8.input_grad(dy)
+            if ctx.fused_input:
+                return (grad_base + d_lora_in).view(shape).to(x_dtype), None, grad_a, grad_b, None, None, None
+            return grad_base.view(shape).to(x_dtype), d_lora_in.view(shape), grad_a, grad_b, None, None, None
         weight = _frozen_weight(ctx.base, a.dtype)
-        shape = (*grad_out.shape[:-1], weight.shape[1])
         if ctx.fused_input:
             grad_x, grad_dropped = torch.addmm(d_lora_in, dy, weight).view(shape).to(x_dtype), None
         else:
             grad_x, grad_dropped = (dy @ weight).view(shape).to(x_dtype), d_lora_in.view(shape)
-        return grad_x, grad_dropped, grad_a, grad_b, None, None
+        return grad_x, grad_dropped, grad_a, grad_b, None, None, None
+
+
+FP8_MAX = 448.0  # the largest finite float8_e4m3fn
+
+
+def fp8_available() -> bool:
+    """float8 GEMMs (``torch._scaled_mm``) need compute capability 8.9 or newer (L4, L40S, H100, H200)."""
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9) and hasattr(torch, "_scaled_mm")
+
+
+def to_fp8_rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``t`` (rows x k) as float8_e4m3fn with one fp32 scale per row (rows x 1): row / scale fills
+    [-448, 448]. All-zero rows get scale 1."""
+    amax = t.abs().amax(dim=-1, keepdim=True).float()
+    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    return (t.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), scale
+
+
+class Fp8Weight:
+    """A frozen weight W (out x in) kept twice in float8 with per-row scales: as W for the forward
+    (``x @ W.T``, scaled per output channel) and as W.T for the input gradient (``dy @ W``, scaled per
+    input channel), so each GEMM's scales lie outside its contraction, as ``torch._scaled_mm``'s
+    row-wise scaling needs. Activations and gradients are scaled per token. The two float8 copies take
+    as much memory as the bf16 weight, which stays for evaluation, generation and merging."""
+
+    def __init__(self, weight: torch.Tensor):
+        with torch.no_grad():
+            self.w, self.w_scale = to_fp8_rows(weight)
+            self.wt, self.wt_scale = to_fp8_rows(weight.t())
+
+    @staticmethod
+    def _mm(a: torch.Tensor, b: torch.Tensor, b_scale: torch.Tensor, bias=None) -> torch.Tensor:
+        a2 = a.reshape(-1, a.shape[-1])
+        aq, a_scale = to_fp8_rows(a2)
+        out = torch._scaled_mm(aq, b.t(), scale_a=a_scale, scale_b=b_scale.t(), out_dtype=a.dtype,
+                               bias=None if bias is None else bias.to(a.dtype))
+        return out.view(*a.shape[:-1], out.shape[-1])
+
+    def forward(self, x: torch.Tensor, bias=None) -> torch.Tensor:
+        return self._mm(x, self.w, self.w_scale, bias)
+
+    def input_grad(self, dy: torch.Tensor) -> torch.Tensor:
+        return self._mm(dy, self.wt, self.wt_scale)
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *, use_liger: bool, chunk: int = 4096) -> torch.Tensor:

@@ -180,6 +180,10 @@ class Recipe:
             self.use_liger = fast.apply_liger(model_type)  # patches classes: must precede building the model
             if cfg.kernels == "liger" and not self.use_liger:
                 raise SpecError(f"kernels: liger needs liger-kernel, triton and a CUDA GPU, and a supported architecture (got '{model_type}'). To fix: kernels: auto")
+        if cfg.fp8 == "on" and not (self.fast and cfg.method == "lora" and fast.fp8_available()):
+            raise SpecError("fp8: on needs method lora on the fast path and a GPU with float8 matmuls (compute capability "
+                            "8.9+: L4, L40S, H100, H200); this run has " + (f"method {cfg.method}" if cfg.method != "lora" else
+                            self.device if self.device != "cuda" else torch_device_name()) + ". To fix: fp8: off")
         # FlexAttention has no backward on the CPU: there the fast path uses the same mask, dense, with SDPA.
         self.flex = self.fast and self.device == "cuda"
         base = self.load_base(attn_implementation="flex_attention" if self.flex else "sdpa")
@@ -188,7 +192,7 @@ class Recipe:
         )
         if self.fast:
             fast.disable_lora_input_upcast(self.model)
-            fast.fuse_lora(self.model)
+            fast.fuse_lora(self.model, fp8=cfg.fp8 == "on")
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in self.model.parameters())
         log(f"model: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
@@ -609,6 +613,12 @@ def summary(metrics: dict[str, Any]) -> None:
     if forgetting:
         table.add_row("general ppl", f"{forgetting['general_ppl_base']:.3f}", f"{forgetting['general_ppl_tuned']:.3f}", f"{forgetting['rise_pct']:+.1f}%")
     Console(width=100).print(table)
+
+
+def torch_device_name() -> str:
+    import torch
+
+    return f"{torch.cuda.get_device_name(0)} (compute capability {'.'.join(map(str, torch.cuda.get_device_capability()))})"
 
 
 def run(plat: platform.Platform, config: TrainConfig, on_step: Callable[[int], None] | None = None, install_signals: bool = True) -> dict[str, Any]:

@@ -103,6 +103,48 @@ def test_fused_lora_layers_leave_disabled_and_merged_adapters_to_peft():
     torch.testing.assert_close(fused(x), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_fp8_weight_scales_each_gemm_outside_its_contraction():
+    torch.manual_seed(0)
+    weight, x, dy = torch.randn(48, 64), torch.randn(3, 5, 64), torch.randn(3, 5, 48)
+    weight[7] *= 100  # a loud output channel and a loud token: a scale on the wrong axis would show
+    x[0, 0] *= 100
+    fp8 = fast.Fp8Weight(weight)
+
+    def dequantised(t):
+        q, scale = fast.to_fp8_rows(t.reshape(-1, t.shape[-1]))
+        return q.float() * scale
+
+    w = dequantised(weight)
+    # Exactly the product of the dequantised operands: the scales sit on the right axes.
+    torch.testing.assert_close(fp8.forward(x), (dequantised(x) @ w.T).view(3, 5, 48), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(fp8.input_grad(dy), (dequantised(dy) @ dequantised(weight.T).T).view(3, 5, 64), rtol=1e-5, atol=1e-4)
+    # And, on ordinary values, close to the full-precision products (float8 e4m3 keeps 3 mantissa bits).
+    weight, x = torch.randn(48, 64), torch.randn(3, 5, 64)
+    fp8 = fast.Fp8Weight(weight)
+    for got, want in ((fp8.forward(x), x @ weight.T), (fp8.input_grad(dy), dy @ weight)):
+        assert (got - want).norm() / want.norm() < 0.08
+
+
+def test_fused_lora_with_fp8_base_stays_close_to_the_bf16_path():
+    peft_model, fused = _lora_pair(False, 0.0)
+    fast.fuse_lora(peft_model, fp8=True)  # the same layers, now with float8 base matmuls
+    results = []
+    for model in (fused, peft_model):
+        x = torch.randn(4, 9, 64, generator=torch.Generator().manual_seed(3), requires_grad=True)
+        model(x).square().sum().backward()
+        results.append([x.grad] + [p.grad for p in model.parameters() if p.requires_grad])
+    errors = [float((fp8 - exact).norm() / exact.norm()) for exact, fp8 in zip(*results)]
+    assert all(0 < e < 0.15 for e in errors), errors  # float8 really used, and only float8's rounding
+
+
+def test_fp8_on_the_cpu_is_refused_with_one_line(make_job, capsys):
+    root = make_job(hp={"fp8": "on"})
+    code = train.main(["--root", str(root)])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and "fp8: on needs method lora on the fast path and a GPU with float8 matmuls" in err and "To fix: fp8: off" in err
+    assert not (root / "model").exists()
+
+
 @pytest.mark.slow
 def test_fast_path_loss_and_gradients_equal_the_standard_path(make_job):
     recipe = recipe_for(make_job(hp=FAST))
