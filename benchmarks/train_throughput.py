@@ -350,6 +350,7 @@ def main() -> None:
     parser.add_argument("--lora-dropout", type=float, default=LORA["lora_dropout"], help="both sides (default 0, peft's and the entrypoint's)")
     parser.add_argument("--shape", choices=["llama3-8b", "small"], default="llama3-8b", help="small: a CPU dry run")
     parser.add_argument("--micro-batch-tokens", type=int, default=None, help="ours: fix the budget instead of measuring it")
+    parser.add_argument("--max-memory-gib", type=float, default=None, help="ours: max_memory_gib (fewer layers checkpointed within it)")
     parser.add_argument("--fp8", action="store_true", help="ours: fp8: on for LoRA (float8 base matmuls), numerics check included")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -365,6 +366,8 @@ def main() -> None:
     data = synthetic(args.examples, shape["vocab_size"], seed=1)
     flops = useful_flops_per_token(shape, [len(t) for t in data])
     ours_hp = {"micro_batch_tokens": args.micro_batch_tokens} if args.micro_batch_tokens else {}
+    if args.max_memory_gib:
+        ours_hp["max_memory_gib"] = args.max_memory_gib
     def save() -> None:
         if args.out:
             Path(args.out).write_text(json.dumps(report, indent=2))

@@ -241,6 +241,19 @@ def chunked_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, tar
     return total
 
 
+def fit_layers(per_token: int, per_layer: int, layers: int, available: float, *, max_seq_len: int, cap: int,
+               floor: int = 4096) -> tuple[int, int]:
+    """(micro_batch_tokens, layers kept without checkpointing) within ``available`` bytes, where a token
+    costs ``per_token`` bytes with every layer checkpointed and ``per_layer`` more for each layer kept.
+    Recompute costs more than a smaller micro-batch once it holds ``floor`` tokens, so: as many layers
+    kept as fit at ``floor`` tokens (or one ``max_seq_len`` example, if longer), then the largest budget
+    those layers leave room for."""
+    smallest = round_up(max(floor, max_seq_len))
+    kept = int(min(layers, max(0, (available / smallest - per_token) // per_layer)))
+    budget = int(available // (per_token + kept * per_layer)) // BLOCK * BLOCK
+    return max(round_up(max_seq_len), min(cap, budget)), kept
+
+
 def choose_budget(
     probe: Callable[[int], int], *, probe_tokens: int, max_seq_len: int, available_bytes: int, cap: int = 65536
 ) -> tuple[int, int]:

@@ -124,8 +124,7 @@ def add_lora(model, config: TrainConfig, *, gradient_checkpointing: bool, upcast
         for param in model.parameters():
             param.requires_grad_(False)
         if gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model.enable_input_require_grads()
+            enable_checkpointing(model)
     lora = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
@@ -138,6 +137,20 @@ def add_lora(model, config: TrainConfig, *, gradient_checkpointing: bool, upcast
     model = get_peft_model(model, lora)
     model.config.use_cache = False
     return model
+
+
+def enable_checkpointing(model) -> None:
+    """Non-reentrant activation checkpointing on every decoder layer (transformers >= 5.24 renamed
+    ``gradient_checkpointing_enable`` to ``activation_checkpointing_enable``). Both also make the
+    embeddings' output require grad, which only reentrant checkpointing needs: undone, so backward
+    does not compute the first layer's input gradient for nothing."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if getattr(model, "_require_grads_hooks", None) or getattr(model, "_require_grads_hook", None):
+        model.disable_input_require_grads()
 
 
 def disable_cpu_inference_repack(model) -> None:

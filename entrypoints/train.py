@@ -225,6 +225,7 @@ class Recipe:
                 "kernels": "liger" if self.use_liger else "none",
                 "attention": "flex_attention" if self.flex else "sdpa",
                 "gradient_checkpointing": self.gradient_checkpointing,
+                "checkpointed_layers": self.checkpointed_layers(),
             }
         batches = math.ceil(len(self.rows) / self.rows_per_micro_batch)
         self.windows_per_epoch = math.ceil(batches / cfg.gradient_accumulation_steps)
@@ -246,13 +247,19 @@ class Recipe:
             return fast.round_up(max(cfg.micro_batch_tokens, cfg.max_seq_len))
         found = checkpoint.latest(self.platform.checkpoint_dir)
         if found is not None:
-            remembered = json.loads((found / "position.json").read_text()).get("micro_batch_tokens")
-            if remembered:
-                return int(remembered)
+            position = json.loads((found / "position.json").read_text())
+            if position.get("micro_batch_tokens"):
+                if position.get("checkpointed_layers") is not None:  # the memory plan it ran with
+                    self.checkpoint_layers(position["checkpointed_layers"])
+                return int(position["micro_batch_tokens"])
         if self.device != "cuda":
+            if cfg.max_memory_gib is not None:
+                log("max_memory_gib applies to GPUs; ignored on the CPU")
             return fast.round_up(4 * cfg.max_seq_len)
         total = torch.cuda.get_device_properties(0).total_memory
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        if cfg.max_memory_gib is not None:
+            return self._fit_memory_target(min(0.95 * total, cfg.max_memory_gib * 2**30), trainable)
         reserve = 2 * 2**30 + 0.05 * total + 8 * trainable  # CUDA context, fragmentation, AdamW states
         probe_tokens = fast.round_up(max(2048, 2 * cfg.max_seq_len))
         for attempt in range(2):
@@ -267,10 +274,50 @@ class Recipe:
                 break
             log("one max_seq_len example does not fit without gradient checkpointing: turning it on")
             self.gradient_checkpointing = True
-            self.model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            self.model.get_base_model().enable_input_require_grads()
+            models.enable_checkpointing(self.model.get_base_model())
         log(f"micro-batch budget: {budget} tokens ({self.bytes_per_token / 2**10:.0f} KiB per token measured)")
         return budget
+
+    def _fit_memory_target(self, target: float, trainable: int) -> int:
+        """Micro-batch tokens and per-layer checkpointing within ``target`` bytes of peak: as many decoder
+        layers as fit keep their activations (no recompute), measured by two probe steps."""
+        import torch
+
+        from entrypoints import fast
+
+        cfg = self.config
+        available = 0.95 * target - torch.cuda.memory_allocated() - 8 * trainable  # 5% margin; AdamW states
+        layers = len(self.decoder_layers())
+        probe_tokens = fast.round_up(max(2048, cfg.max_seq_len))
+        self.checkpoint_layers(layers)
+        checkpointed = self._probe(probe_tokens)
+        self.checkpoint_layers(layers - 1)
+        per_layer = max(1, math.ceil((self._probe(probe_tokens) - checkpointed) / probe_tokens))
+        per_token = math.ceil(checkpointed / probe_tokens)
+        budget, kept = fast.fit_layers(per_token, per_layer, layers, available, max_seq_len=cfg.max_seq_len,
+                                       cap=16384 if cfg.method == "qlora" else 32768)
+        self.checkpoint_layers(layers - kept)
+        self.bytes_per_token = per_token + kept * per_layer
+        log(f"memory target {target / 2**30:.1f} GiB: {budget} tokens a micro-batch, {layers - kept} of {layers} layers "
+            f"checkpointed ({per_token / 2**10:.0f} KiB per token checkpointed, {per_layer / 2**10:.0f} KiB more per layer kept)")
+        return budget
+
+    def decoder_layers(self) -> list:
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        return [m for m in self.model.modules() if isinstance(m, GradientCheckpointingLayer)]
+
+    def checkpointed_layers(self) -> int:
+        return sum(bool(layer.gradient_checkpointing) for layer in self.decoder_layers())
+
+    def checkpoint_layers(self, count: int) -> None:
+        """Gradient checkpointing on the last ``count`` decoder layers, off on the others."""
+        layers = self.decoder_layers()
+        if count and not all(hasattr(layer, "_gradient_checkpointing_func") for layer in layers):
+            models.enable_checkpointing(self.model.get_base_model())
+        for index, layer in enumerate(layers):
+            layer.gradient_checkpointing = index >= len(layers) - count
+        self.gradient_checkpointing = count > 0
 
     def _probe(self, tokens: int) -> int:
         """Peak bytes one forward+backward over ``tokens`` tokens adds (RNG streams left untouched)."""
@@ -452,7 +499,8 @@ class Recipe:
         from peft import get_peft_model_state_dict
 
         position = {"step": self.step, "epoch": self.epoch, "window": self.window, "loss_curve": self.loss_curve,
-                    "micro_batch_tokens": getattr(self, "micro_batch_tokens", None)}
+                    "micro_batch_tokens": getattr(self, "micro_batch_tokens", None),
+                    "checkpointed_layers": self.checkpointed_layers() if self.fast else None}
         path = checkpoint.save(
             self.platform.checkpoint_dir, self.step,
             adapter=get_peft_model_state_dict(self.model), optimizer=self.optimizer, scheduler=self.scheduler,

@@ -82,6 +82,10 @@ class Hyperparameters(StrictModel):
     # Fast path, LoRA only: the frozen bf16 base layers multiply in float8 (compute capability >= 8.9).
     # Off by default: it trades precision in the base's matmuls for speed; measure eval loss with it.
     fp8: Literal["off", "on"] = "off"
+    # Fast path on a GPU: peak GiB the run's tensors may take (torch.cuda.max_memory_allocated; the CUDA
+    # context comes on top). Within it, as few layers are checkpointed as fit. None = LoRA uses the GPU,
+    # QLoRA checkpoints every layer.
+    max_memory_gib: Annotated[float, Field(gt=0)] | None = None
 
     @field_validator("gradient_checkpointing", "fast_path", "fp8", mode="before")
     @classmethod

@@ -145,6 +145,40 @@ def test_fp8_on_the_cpu_is_refused_with_one_line(make_job, capsys):
     assert not (root / "model").exists()
 
 
+def test_fit_layers_keeps_as_many_layers_as_fit_then_grows_the_budget():
+    kib = 1024
+    # 100 KiB a token with all 32 layers checkpointed, 50 KiB more per layer kept, 4 GiB free:
+    # at 4,096 tokens 1 MiB a token fits, so (1024 - 100) // 50 = 18 layers are kept; then
+    # 4 GiB / (100 + 18 x 50) KiB = 4,194 tokens -> 4,096 (a multiple of 128).
+    assert fast.fit_layers(100 * kib, 50 * kib, 32, 4 * 2**30, max_seq_len=2048, cap=32768) == (4096, 18)
+    # Room for every layer: all kept, and the budget grows up to the cap.
+    assert fast.fit_layers(100 * kib, 1 * kib, 32, 40 * 2**30, max_seq_len=2048, cap=16384) == (16384, 32)
+    # Not even the floor with every layer checkpointed: none kept, the budget is what fits, but never
+    # below one max_seq_len example.
+    assert fast.fit_layers(100 * kib, 50 * kib, 32, 200 * 2**20, max_seq_len=1024, cap=32768) == (2048, 0)
+    assert fast.fit_layers(100 * kib, 50 * kib, 32, 2**20, max_seq_len=1000, cap=32768) == (1024, 0)
+
+
+@pytest.mark.slow
+def test_per_layer_checkpointing_changes_memory_not_gradients(make_job):
+    recipe = recipe_for(make_job(hp=FAST))
+    recipe.setup()
+    layers = recipe.decoder_layers()
+    assert len(layers) == 4 and recipe.checkpointed_layers() == 0
+    batch = sequences.collate(recipe.rows[:1], recipe.train_tokens, recipe.tokenizer.pad_token_id, width=256)
+    grads = []
+    for count in (0, 2, 4):
+        recipe.checkpoint_layers(count)
+        assert [layer.gradient_checkpointing for layer in layers] == [i >= 4 - count for i in range(4)]
+        recipe.model.zero_grad()
+        loss_sum, _ = recipe.forward(recipe.model, batch)
+        loss_sum.backward()
+        grads.append([p.grad.clone() for p in recipe.model.parameters() if p.requires_grad])
+    for other in grads[1:]:
+        for a, b in zip(grads[0], other):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.slow
 def test_fast_path_loss_and_gradients_equal_the_standard_path(make_job):
     recipe = recipe_for(make_job(hp=FAST))
@@ -186,6 +220,8 @@ def test_fast_path_trains_and_resumes_with_the_remembered_budget(make_job):
     with pytest.raises(train.Interrupted):
         run(root, on_step=lambda step: step == 3 and os.kill(os.getpid(), signal.SIGTERM))
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    position = json.loads(max((root / "checkpoints").glob("step-*/position.json")).read_text())
+    assert position["micro_batch_tokens"] == 256 and position["checkpointed_layers"] == 0
     config = root / "input/config/hyperparameters.json"
     config.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items() if k != "micro_batch_tokens"}))
     run(root)
