@@ -323,6 +323,9 @@ def estimate_memory(shape: ModelShape, config: TrainConfig) -> MemoryEstimate:
     else:
         weights = shape.params * a
         detail = f"{shape.params:,} params x {a} B ({'fp32' if a == 4 else 'bf16'})"
+        if config.fp8 == "on":  # the fast path keeps two float8 copies of each frozen linear weight
+            weights += 2 * shape.linear_params
+            detail += f" + {shape.linear_params:,} x 2 B (float8 copies for fp8: on)"
     lora_params = lora_param_count(shape, config)
     modules = lora_modules(shape, config.target_modules)
     fan_in = sum(fi for fi, _ in modules.values())
@@ -663,6 +666,13 @@ def _notes(spec: JobSpec, shape: ModelShape, candidates: list[Candidate]) -> lis
     if any(c.gpus * c.nodes > 1 for c in candidates):
         notes.append("multi-GPU rows assume data parallelism (DDP): every GPU holds the whole model, so memory per GPU does not shrink. "
                      "The training entrypoint runs on one GPU today; those rows show what data parallelism would give")
+    cap = spec.training.max_memory_gib
+    if cap is not None and spec.training.fast_path != "off":
+        least = estimate_memory(shape, gpu_config(spec.train_config()).model_copy(update={"gradient_checkpointing": "on"}))
+        need = least.total(True) - CUDA_CONTEXT_BYTES
+        if need > cap * GIB:
+            notes.append(f"max_memory_gib {cap:g} is below the {need / GIB:.1f} GiB one max_seq_len example needs with every layer "
+                         "checkpointed; the run will take that much")
     if spec.training.max_seq_len > shape.max_positions > 0:
         notes.append(f"max_seq_len {spec.training.max_seq_len} is above {shape.name}'s max_position_embeddings {shape.max_positions}")
     return notes

@@ -140,6 +140,21 @@ def test_qlora_nf4_bytes():
     assert memory.weights == quantised + rest == 5_702_295_552
 
 
+def test_fp8_adds_two_float8_copies_of_the_linear_weights():
+    shape = resolve_model(LLAMA3_8B)
+    plain, fp8 = (estimate_memory(shape, TrainConfig(fp8=value)) for value in ("off", "on"))
+    assert fp8.weights - plain.weights == 2 * 6_979_321_856  # W and W.T, one byte each per linear parameter
+    assert estimate_memory(shape, TrainConfig(method="qlora", fp8="on")).weights == 5_702_295_552  # NF4 bases: unchanged
+
+
+def test_max_memory_below_what_one_example_needs_is_noted(tmp_path):
+    fast = {"fast_path": "auto", "max_seq_len": 2048}
+    low = plan(make_spec(tmp_path, training={**fast, "max_memory_gib": 10}), dataset_tokens=1_000_000)
+    assert any("max_memory_gib 10 is below the" in note for note in low.notes)
+    enough = plan(make_spec(tmp_path, training={**fast, "max_memory_gib": 60}), dataset_tokens=1_000_000)
+    assert not any("max_memory_gib" in note for note in enough.notes)
+
+
 def test_activation_terms_by_hand():
     # Llama-3-8B, micro-batch 8 x 2,048 = 16,384 tokens, lora_dropout 0
     memory = estimate_memory(resolve_model(LLAMA3_8B), TrainConfig(micro_batch_size=8, max_seq_len=2048, lora_dropout=0))
