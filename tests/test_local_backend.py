@@ -134,6 +134,9 @@ def test_lifecycle_detach_interrupt_resume_succeed(spec_file):
     assert any(Path(job_dir, "checkpoints").iterdir())
     status = json.loads(cli("status", job_id, "--json").stdout)
     assert status["state"] == "INTERRUPTED"
+    # Cancelling it now ends it for good (nothing runs), but keeps the checkpoint for a resubmission.
+    assert cli("cancel", job_id).exit_code == 0
+    assert handle.status().state is JobState.CANCELLED and "submit it again to resume" in handle.status().message
 
     # Submitting again resumes in the same folder and streams the logs to the end.
     result = cli("train", str(spec_file))

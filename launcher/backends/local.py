@@ -261,6 +261,11 @@ class LocalBackend(Backend):
         once ``grace_s`` seconds have passed."""
         folder = self._existing(job_id)
         if not _lock_held(folder):
+            with file_lock(self.root / "locks" / f"{job_id}.lock"):  # not racing a resubmission
+                if self.status(job_id).state is JobState.INTERRUPTED and not _lock_held(folder):
+                    # Nothing runs; the checkpoint stays, so submitting again still resumes.
+                    _merge_state(folder, state="CANCELLED", ended_at=now(),
+                                 message="cancelled by user after an interruption; submit it again to resume from its checkpoint")
             return self.status(job_id)
         (folder / "cancel").write_text(now() + "\n", encoding="utf-8")
         pgid = self._wait_for_pgid(folder)
