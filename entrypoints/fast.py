@@ -154,18 +154,21 @@ class _LoraLinear(torch.autograd.Function):
         d_low = (dy @ b) * ctx.scaling
         grad_b = ((dy.t() @ low_rank) * ctx.scaling).to(b_dtype)
         grad_a = (d_low.t() @ lora_in.reshape(-1, lora_in.shape[-1])).to(a_dtype)
-        d_lora_in = d_low @ a
         shape = (*grad_out.shape[:-1], a.shape[1])
-        if ctx.fp8 is not None:
-            grad_base = ctx.fp8.input_grad(dy)
-            if ctx.fused_input:
-                return (grad_base + d_lora_in).view(shape).to(x_dtype), None, grad_a, grad_b, None, None, None
-            return grad_base.view(shape).to(x_dtype), d_lora_in.view(shape), grad_a, grad_b, None, None, None
-        weight = _frozen_weight(ctx.base, a.dtype)
-        if ctx.fused_input:
-            grad_x, grad_dropped = torch.addmm(d_lora_in, dy, weight).view(shape).to(x_dtype), None
-        else:
-            grad_x, grad_dropped = (dy @ weight).view(shape).to(x_dtype), d_lora_in.view(shape)
+        grad_x = grad_dropped = None  # skipped when not needed (the first layer's input, say)
+        if ctx.fused_input and ctx.needs_input_grad[0]:
+            d_lora_in = d_low @ a
+            if ctx.fp8 is not None:
+                grad_x = ctx.fp8.input_grad(dy) + d_lora_in
+            else:
+                grad_x = torch.addmm(d_lora_in, dy, _frozen_weight(ctx.base, a.dtype))
+        elif not ctx.fused_input:
+            if ctx.needs_input_grad[0]:
+                grad_x = ctx.fp8.input_grad(dy) if ctx.fp8 is not None else dy @ _frozen_weight(ctx.base, a.dtype)
+            if ctx.needs_input_grad[1]:
+                grad_dropped = (d_low @ a).view(shape)
+        if grad_x is not None:
+            grad_x = grad_x.view(shape).to(x_dtype)
         return grad_x, grad_dropped, grad_a, grad_b, None, None, None
 
 

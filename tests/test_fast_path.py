@@ -74,18 +74,19 @@ def _lora_pair(quantized: bool, dropout: float):
 
 @pytest.mark.parametrize("quantized", [False, True], ids=["lora", "qlora-nf4"])
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
-def test_fused_lora_layers_give_peft_outputs_and_gradients(quantized, dropout):
+@pytest.mark.parametrize("input_grad", [True, False], ids=["input-grad", "no-input-grad"])
+def test_fused_lora_layers_give_peft_outputs_and_gradients(quantized, dropout, input_grad):
     peft_model, fused = _lora_pair(quantized, dropout)
     results = []
     for model in (peft_model, fused):
         torch.manual_seed(1)  # the same dropout masks
-        x = torch.randn(3, 5, 64, requires_grad=True)
+        x = torch.randn(3, 5, 64, requires_grad=input_grad)  # a first layer's input needs no gradient
         y = model(x)
         y.square().sum().backward()
-        results.append((y.detach(), [x.grad] + [p.grad for p in model.parameters() if p.requires_grad]))
+        results.append((y.detach(), [x.grad] * input_grad + [p.grad for p in model.parameters() if p.requires_grad]))
     (y_peft, g_peft), (y_fused, g_fused) = results
     torch.testing.assert_close(y_fused, y_peft)
-    assert len(g_fused) == 5 and all(g is not None and g.abs().sum() > 0 for g in g_fused)
+    assert len(g_fused) == 4 + input_grad and all(g is not None and g.abs().sum() > 0 for g in g_fused)
     for a, b in zip(g_fused, g_peft):
         torch.testing.assert_close(a, b)
 
