@@ -351,6 +351,7 @@ def main() -> None:
     parser.add_argument("--shape", choices=["llama3-8b", "small"], default="llama3-8b", help="small: a CPU dry run")
     parser.add_argument("--micro-batch-tokens", type=int, default=None, help="ours: fix the budget instead of measuring it")
     parser.add_argument("--max-memory-gib", type=float, default=None, help="ours: max_memory_gib (fewer layers checkpointed within it)")
+    parser.add_argument("--torch-compile", action="store_true", help="ours: torch_compile: layers")
     parser.add_argument("--fp8", action="store_true", help="ours: fp8: on for LoRA (float8 base matmuls), numerics check included")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -368,6 +369,8 @@ def main() -> None:
     ours_hp = {"micro_batch_tokens": args.micro_batch_tokens} if args.micro_batch_tokens else {}
     if args.max_memory_gib:
         ours_hp["max_memory_gib"] = args.max_memory_gib
+    if args.torch_compile:
+        ours_hp["torch_compile"] = "layers"
     def save() -> None:
         if args.out:
             Path(args.out).write_text(json.dumps(report, indent=2))

@@ -193,6 +193,11 @@ class Recipe:
         if self.fast:
             fast.disable_lora_input_upcast(self.model)
             fast.fuse_lora(self.model, fp8=cfg.fp8 == "on")
+        if cfg.torch_compile == "layers":
+            if not self.fast:
+                raise SpecError("torch_compile: layers applies to the fast path. To fix: fast_path: on, or torch_compile: off")
+            for layer in self.decoder_layers():
+                layer.compile(dynamic=False)
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in self.model.parameters())
         log(f"model: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")

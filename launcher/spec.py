@@ -82,12 +82,14 @@ class Hyperparameters(StrictModel):
     # Fast path, LoRA only: the frozen bf16 base layers multiply in float8 (compute capability >= 8.9).
     # Off by default: it trades precision in the base's matmuls for speed; measure eval loss with it.
     fp8: Literal["off", "on"] = "off"
+    # Fast path: torch.compile each decoder layer (static shapes, so it compiles once). Off until measured.
+    torch_compile: Literal["off", "layers"] = "off"
     # Fast path on a GPU: peak GiB the run's tensors may take (torch.cuda.max_memory_allocated; the CUDA
     # context comes on top). Within it, as few layers are checkpointed as fit. None = LoRA uses the GPU,
     # QLoRA checkpoints every layer.
     max_memory_gib: Annotated[float, Field(gt=0)] | None = None
 
-    @field_validator("gradient_checkpointing", "fast_path", "fp8", mode="before")
+    @field_validator("gradient_checkpointing", "fast_path", "fp8", "torch_compile", mode="before")
     @classmethod
     def _on_off(cls, value: Any) -> Any:
         # YAML 1.1 reads a bare on/off as a boolean (and it travels as "true"/"false" as a hyperparameter).
