@@ -166,13 +166,18 @@ def disable_cpu_inference_repack(model) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
+def _cache_folder(uri: str) -> Path:
+    """Where a remote model folder is downloaded to (complete once it holds config.json)."""
+    return cache_root() / "models" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+
+
 def _download_s3(uri: str) -> Path:
     try:
         import boto3
     except ImportError:
         raise MissingExtraError("boto3", "aws", f"Loading the base model from {uri}") from None
     bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-    target = cache_root() / "models" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    target = _cache_folder(uri)
     if (target / "config.json").is_file():
         return target
     client = boto3.client("s3")
@@ -198,7 +203,7 @@ def _download_gcs(uri: str) -> Path:
     except ImportError:
         raise MissingExtraError("google-cloud-storage", "gcp", f"Loading the base model from {uri}") from None
     bucket_name, _, prefix = uri.removeprefix("gs://").partition("/")
-    target = cache_root() / "models" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    target = _cache_folder(uri)
     if (target / "config.json").is_file():
         return target
     blobs = [b for b in storage.Client().list_blobs(bucket_name, prefix=prefix) if not b.name.endswith("/")]

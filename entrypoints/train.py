@@ -180,10 +180,19 @@ class Recipe:
             self.use_liger = fast.apply_liger(model_type)  # patches classes: must precede building the model
             if cfg.kernels == "liger" and not self.use_liger:
                 raise SpecError(f"kernels: liger needs liger-kernel, triton and a CUDA GPU, and a supported architecture (got '{model_type}'). To fix: kernels: auto")
-        if cfg.fp8 == "on" and not (self.fast and cfg.method == "lora" and fast.fp8_available()):
-            raise SpecError("fp8: on needs method lora on the fast path and a GPU with float8 matmuls (compute capability "
-                            "8.9+: L4, L40S, H100, H200); this run has " + (f"method {cfg.method}" if cfg.method != "lora" else
-                            self.device if self.device != "cuda" else torch_device_name()) + ". To fix: fp8: off")
+        if cfg.fp8 == "on":
+            lacking = None
+            if cfg.method != "lora":
+                lacking = f"method {cfg.method}"
+            elif not self.fast:
+                lacking = "fast_path off"
+            elif self.device != "cuda":
+                lacking = f"device {self.device}"
+            elif not fast.fp8_available():
+                lacking = "compute capability {}.{}".format(*fast.torch.cuda.get_device_capability())
+            if lacking:
+                raise SpecError("fp8: on needs method lora on the fast path and a GPU with float8 matmuls (compute capability "
+                                f"8.9+: L4, L40S, H100, H200); this run has {lacking}. To fix: fp8: off")
         # FlexAttention has no backward on the CPU: there the fast path uses the same mask, dense, with SDPA.
         self.flex = self.fast and self.device == "cuda"
         base = self.load_base(attn_implementation="flex_attention" if self.flex else "sdpa")
@@ -278,8 +287,7 @@ class Recipe:
             if fits or self.gradient_checkpointing or cfg.gradient_checkpointing == "off" or attempt:
                 break
             log("one max_seq_len example does not fit without gradient checkpointing: turning it on")
-            self.gradient_checkpointing = True
-            models.enable_checkpointing(self.model.get_base_model())
+            self.checkpoint_layers(len(self.decoder_layers()))
         log(f"micro-batch budget: {budget} tokens ({self.bytes_per_token / 2**10:.0f} KiB per token measured)")
         return budget
 
@@ -666,12 +674,6 @@ def summary(metrics: dict[str, Any]) -> None:
     if forgetting:
         table.add_row("general ppl", f"{forgetting['general_ppl_base']:.3f}", f"{forgetting['general_ppl_tuned']:.3f}", f"{forgetting['rise_pct']:+.1f}%")
     Console(width=100).print(table)
-
-
-def torch_device_name() -> str:
-    import torch
-
-    return f"{torch.cuda.get_device_name(0)} (compute capability {'.'.join(map(str, torch.cuda.get_device_capability()))})"
 
 
 def run(plat: platform.Platform, config: TrainConfig, on_step: Callable[[int], None] | None = None, install_signals: bool = True) -> dict[str, Any]:
