@@ -47,6 +47,8 @@ SMALL = dict(vocab_size=4096, hidden_size=512, intermediate_size=1536, num_hidde
              num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=4096, tie_word_embeddings=False)
 CUDA = torch.cuda.is_available()  # the benchmark is for a GPU; on a CPU it only dry-runs (--shape small)
 DEVICE = "cuda" if CUDA else "cpu"
+MICRO_BATCH = 8  # the baseline's padded rows per step
+
 LORA = dict(lora_r=16, lora_alpha=32.0, lora_dropout=0.0, target_modules="all-linear")  # peft's defaults but r, alpha
 
 
@@ -181,7 +183,7 @@ def run_baseline(shape, method, data, *, warmup: int, steps: int, eval_data=None
     # train_sampling_strategy="random"; earlier ones group_by_length=False).
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(
-            output_dir=out, per_device_train_batch_size=8, gradient_accumulation_steps=1, max_steps=warmup + steps,
+            output_dir=out, per_device_train_batch_size=MICRO_BATCH, gradient_accumulation_steps=1, max_steps=warmup + steps,
             learning_rate=lr, lr_scheduler_type="constant", bf16=CUDA, use_cpu=not CUDA, gradient_checkpointing=True,
             gradient_checkpointing_kwargs={"use_reentrant": False}, logging_steps=1,
             save_strategy="no", report_to=[], dataloader_num_workers=0, seed=seed, remove_unused_columns=False,
@@ -258,7 +260,9 @@ def run_ours(shape, method, data, *, warmup: int, steps: int, eval_data=None, hp
     free()
     times, effective = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        config = {**LORA, "method": method, "max_seq_len": 2048, "gradient_accumulation_steps": 1, "max_steps": warmup + steps,
+        # The same user config as the baseline's; the fast path ignores micro_batch_size except for QLoRA's
+        # default memory target (what these padded rows would take on the standard path).
+        config = {**LORA, "method": method, "max_seq_len": 2048, "micro_batch_size": MICRO_BATCH, "gradient_accumulation_steps": 1, "max_steps": warmup + steps,
                   "lr_scheduler": "constant", "warmup_ratio": 0.0, "checkpoint_every": 10**6, "logging_steps": 10**6, **(hp or {})}
         recipe = BenchRecipe(shape, data, eval_data, config, Path(tmp), in_order=in_order)
         recipe.setup()

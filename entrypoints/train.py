@@ -274,6 +274,9 @@ class Recipe:
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         if cfg.max_memory_gib is not None:
             return self._fit_memory_target(min(0.95 * total, cfg.max_memory_gib * 2**30), trainable)
+        standard = self._standard_path_bytes() if cfg.method == "qlora" and cfg.gradient_checkpointing == "auto" else None
+        if standard is not None:
+            return self._fit_memory_target(min(0.95 * total, standard), trainable)
         reserve = 2 * 2**30 + 0.05 * total + 8 * trainable  # CUDA context, fragmentation, AdamW states
         probe_tokens = fast.round_up(max(2048, 2 * cfg.max_seq_len))
         for attempt in range(2):
@@ -291,9 +294,26 @@ class Recipe:
         log(f"micro-batch budget: {budget} tokens ({self.bytes_per_token / 2**10:.0f} KiB per token measured)")
         return budget
 
+    def _standard_path_bytes(self) -> int | None:
+        """QLoRA's default memory target: the tensors the standard path (micro_batch_size padded rows of
+        max_seq_len tokens, every layer checkpointed, full logits) would take for this config, as
+        ``launcher plan`` estimates them. QLoRA is chosen for memory, so the fast path spends no more than
+        that, and spends it on checkpointing fewer layers."""
+        from launcher import plan
+
+        try:
+            shape = plan.ModelShape.from_config(self.model.get_base_model().config.to_dict(), name=self.config.base_model, source="config")
+        except SpecError as exc:
+            log(f"QLoRA: no memory target from the model's shape ({exc}); every layer checkpointed")
+            return None
+        needed = plan.estimate_memory(shape, self.config.model_copy(update={"gradient_checkpointing": "on"})).tensors(True)
+        log(f"QLoRA memory target {needed / 2**30:.1f} GiB: what {self.config.micro_batch_size} padded rows of "
+            f"{self.config.max_seq_len} tokens take on the standard path (set max_memory_gib to change it)")
+        return needed
+
     def _fit_memory_target(self, target: float, trainable: int) -> int:
         """Micro-batch tokens and per-layer checkpointing within ``target`` bytes of peak: as many decoder
-        layers as fit keep their activations (no recompute), measured by two probe steps."""
+        layers as fit keep their activations (no recompute), measured by three probe steps."""
         import torch
 
         from entrypoints import fast
@@ -302,17 +322,21 @@ class Recipe:
         available = 0.95 * target - torch.cuda.memory_allocated() - 8 * trainable  # 5% margin; AdamW states
         layers = len(self.decoder_layers())
         probe_tokens = fast.round_up(max(2048, cfg.max_seq_len))
-        self.checkpoint_layers(layers)
-        checkpointed = self._probe(probe_tokens)
-        self.checkpoint_layers(layers - 1)
-        per_layer = max(1, math.ceil((self._probe(probe_tokens) - checkpointed) / probe_tokens))
-        per_token = math.ceil(checkpointed / probe_tokens)
+        peaks = []  # with 0, 1 and 2 layers kept (the first layers)
+        for kept in range(min(3, layers + 1)):
+            self.checkpoint_layers(layers - kept)
+            peaks.append(self._probe(probe_tokens))
+        # A kept layer's cost is measured on the second layer: the first one's input needs no gradient,
+        # so it keeps less than the others.
+        per_layer = max(1, math.ceil((peaks[-1] - peaks[-2]) / probe_tokens))
+        per_token = math.ceil(peaks[0] / probe_tokens)
         budget, kept = fast.fit_layers(per_token, per_layer, layers, available, max_seq_len=cfg.max_seq_len,
                                        cap=16384 if cfg.method == "qlora" else 32768)
         self.checkpoint_layers(layers - kept)
         self.bytes_per_token = per_token + kept * per_layer
         log(f"memory target {target / 2**30:.1f} GiB: {budget} tokens a micro-batch, {layers - kept} of {layers} layers "
-            f"checkpointed ({per_token / 2**10:.0f} KiB per token checkpointed, {per_layer / 2**10:.0f} KiB more per layer kept)")
+            f"checkpointed ({per_token / 2**10:.0f} KiB per token checkpointed, {per_layer / 2**10:.0f} KiB more per layer kept, "
+            f"{(peaks[1] - peaks[0]) / probe_tokens / 2**10:.0f} KiB for the first)")
         return budget
 
     def decoder_layers(self) -> list:

@@ -273,8 +273,12 @@ class MemoryEstimate:
     def margin(self, checkpointing: bool) -> int:
         return CUDA_CONTEXT_BYTES + int(ALLOCATOR_MARGIN * (self.activations(checkpointing) + self.logits))
 
+    def tensors(self, checkpointing: bool) -> int:
+        """What the step's tensors take at their peak (``torch.cuda.max_memory_allocated``): no margin."""
+        return self.weights + self.lora_state + self.activations(checkpointing) + self.logits
+
     def total(self, checkpointing: bool) -> int:
-        return self.weights + self.lora_state + self.activations(checkpointing) + self.logits + self.margin(checkpointing)
+        return self.tensors(checkpointing) + self.margin(checkpointing)
 
     def rows(self) -> list[tuple[str, int, str]]:
         """(term, bytes, note) for a table; the totals come last."""
