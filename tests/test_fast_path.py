@@ -104,24 +104,28 @@ def test_fused_lora_layers_leave_disabled_and_merged_adapters_to_peft():
     torch.testing.assert_close(fused(x), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_fp8_gemms_are_the_products_of_the_dequantised_operands():
+def test_fp8_weight_scales_each_gemm_outside_its_contraction():
     torch.manual_seed(0)
     weight, x, dy = torch.randn(48, 64), torch.randn(3, 5, 64), torch.randn(3, 5, 48)
+    weight[7] *= 100  # a loud output channel and a loud token: a scale on the wrong axis would show
+    x[0, 0] *= 100
     fp8 = fast.Fp8Weight(weight)
     # cuBLASLt's float8 GEMM takes row-major operands only (A, and B stored as B.T): W.T is not a view.
-    assert fp8.w.is_contiguous() and fp8.wt.is_contiguous() and fast.to_fp8(x[0].T)[0].is_contiguous()
+    assert fp8.w.is_contiguous() and fp8.wt.is_contiguous() and fast.to_fp8_rows(x[0].T)[0].is_contiguous()
 
     def dequantised(t):
-        q, scale = fast.to_fp8(t.reshape(-1, t.shape[-1]))
+        q, scale = fast.to_fp8_rows(t.reshape(-1, t.shape[-1]))
         return q.float() * scale
 
     w = dequantised(weight)
+    # Exactly the product of the dequantised operands: the scales sit on the right axes.
     torch.testing.assert_close(fp8.forward(x), (dequantised(x) @ w.T).view(3, 5, 48), rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(fp8.input_grad(dy), (dequantised(dy) @ w).view(3, 5, 64), rtol=1e-5, atol=1e-4)
-    # And close to the full-precision products (float8 e4m3 keeps 3 mantissa bits).
+    torch.testing.assert_close(fp8.input_grad(dy), (dequantised(dy) @ dequantised(weight.T).T).view(3, 5, 64), rtol=1e-5, atol=1e-4)
+    # And, on ordinary values, close to the full-precision products (float8 e4m3 keeps 3 mantissa bits).
+    weight, x = torch.randn(48, 64), torch.randn(3, 5, 64)
+    fp8 = fast.Fp8Weight(weight)
     for got, want in ((fp8.forward(x), x @ weight.T), (fp8.input_grad(dy), dy @ weight)):
         assert (got - want).norm() / want.norm() < 0.08
-    assert fast.to_fp8(torch.zeros(4, 4))[1] == 1  # an all-zero tensor quantises to zeros, not NaN
 
 
 def test_fused_lora_with_fp8_base_stays_close_to_the_bf16_path():
