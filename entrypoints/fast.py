@@ -29,7 +29,8 @@ What it does, and why each piece is here:
 * **Token budget from memory.** A probe step measures the bytes each token costs (activations scale
   with tokens under a block-sparse mask); the budget is the largest multiple of 128 tokens that fits
   the memory target. Gradient checkpointing is switched on only when not even one ``max_seq_len``
-  example fits without it.
+  example fits without it; QLoRA (and ``max_memory_gib``) fit a budget and a number of checkpointed
+  layers within a memory target (``fit_layers``).
 """
 
 from __future__ import annotations

@@ -89,7 +89,8 @@ class Recipe:
         cfg = self.config
         self.fast = cfg.fast_path == "on" or (cfg.fast_path == "auto" and self.device == "cuda")
         # "auto": the CPU path never checkpoints; on the fast path LoRA checkpoints only if one example
-        # does not fit without it (decided in _setup_batches), QLoRA always (it is chosen for memory).
+        # does not fit without it, QLoRA as few layers as fit in the standard path's memory (decided in
+        # _setup_batches; it starts with every layer checkpointed).
         self.gradient_checkpointing = cfg.gradient_checkpointing == "on" or (
             cfg.gradient_checkpointing == "auto" and self.fast and cfg.method == "qlora"
         )

@@ -80,13 +80,15 @@ class Hyperparameters(StrictModel):
     micro_batch_tokens: Annotated[int, Field(ge=128)] | None = None  # fast path; None = sized from GPU memory
     kernels: Literal["auto", "liger", "none"] = "auto"  # fast path; auto = Liger-Kernel when installed
     # Fast path, LoRA only: the frozen bf16 base layers multiply in float8 (compute capability >= 8.9).
-    # Off by default: it trades precision in the base's matmuls for speed; measure eval loss with it.
+    # Off by default: it trades precision in the base's matmuls for speed (+24% on an H200, 0.07% eval
+    # loss on the benchmark's synthetic task); measure your eval loss with it.
     fp8: Literal["off", "on"] = "off"
-    # Fast path: torch.compile each decoder layer (static shapes, so it compiles once). Off until measured.
+    # Fast path: torch.compile each decoder layer (static shapes, so it compiles once). Off: it measured
+    # +2% on an H200 for ~18 s of compiling, with warnings from Liger's kernels.
     torch_compile: Literal["off", "layers"] = "off"
     # Fast path on a GPU: peak GiB the run's tensors may take (torch.cuda.max_memory_allocated; the CUDA
-    # context comes on top). Within it, as few layers are checkpointed as fit. None = LoRA uses the GPU,
-    # QLoRA checkpoints every layer.
+    # context comes on top). Within it, as few layers are checkpointed as fit. None = LoRA uses the GPU;
+    # QLoRA what the standard path would take (micro_batch_size rows of max_seq_len, checkpointed).
     max_memory_gib: Annotated[float, Field(gt=0)] | None = None
 
     @field_validator("gradient_checkpointing", "fast_path", "fp8", "torch_compile", mode="before")
