@@ -275,7 +275,7 @@ class Recipe:
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         if cfg.max_memory_gib is not None:
             return self._fit_memory_target(min(0.95 * total, cfg.max_memory_gib * 2**30), trainable)
-        standard = self._standard_path_bytes() if cfg.method == "qlora" and cfg.gradient_checkpointing == "auto" else None
+        standard = self._qlora_memory_target()
         if standard is not None:
             return self._fit_memory_target(min(0.95 * total, standard), trainable)
         reserve = 2 * 2**30 + 0.05 * total + 8 * trainable  # CUDA context, fragmentation, AdamW states
@@ -295,22 +295,23 @@ class Recipe:
         log(f"micro-batch budget: {budget} tokens ({self.bytes_per_token / 2**10:.0f} KiB per token measured)")
         return budget
 
-    def _standard_path_bytes(self) -> int | None:
-        """QLoRA's default memory target: the tensors the standard path (micro_batch_size padded rows of
-        max_seq_len tokens, every layer checkpointed, full logits) would take for this config, as
-        ``launcher plan`` estimates them. QLoRA is chosen for memory, so the fast path spends no more than
-        that, and spends it on checkpointing fewer layers."""
+    def _qlora_memory_target(self) -> int | None:
+        """``launcher.plan.qlora_memory_target`` for this model (None: not QLoRA under auto, or a shape
+        the memory model does not understand, which then checkpoints every layer)."""
         from launcher import plan
 
+        if self.config.method != "qlora":
+            return None
         try:
             shape = plan.ModelShape.from_config(self.model.get_base_model().config.to_dict(), name=self.config.base_model, source="config")
         except SpecError as exc:
             log(f"QLoRA: no memory target from the model's shape ({exc}); every layer checkpointed")
             return None
-        needed = plan.estimate_memory(shape, self.config.model_copy(update={"gradient_checkpointing": "on"})).tensors(True)
-        log(f"QLoRA memory target {needed / 2**30:.1f} GiB: what {self.config.micro_batch_size} padded rows of "
-            f"{self.config.max_seq_len} tokens take on the standard path (set max_memory_gib to change it)")
-        return needed
+        target = plan.qlora_memory_target(shape, self.config)
+        if target is not None:
+            log(f"QLoRA memory target {target / 2**30:.1f} GiB: what {self.config.micro_batch_size} padded rows of "
+                f"{self.config.max_seq_len} tokens take on the standard path (set max_memory_gib to change it)")
+        return target
 
     def _fit_memory_target(self, target: float, trainable: int) -> int:
         """Micro-batch tokens and per-layer checkpointing within ``target`` bytes of peak: as many decoder

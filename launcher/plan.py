@@ -675,9 +675,24 @@ def _notes(spec: JobSpec, shape: ModelShape, candidates: list[Candidate]) -> lis
         if need > cap * GIB:
             notes.append(f"max_memory_gib {cap:g} is below the {need / GIB:.1f} GiB one max_seq_len example needs with every layer "
                          "checkpointed; the run will take that much")
+    target = qlora_memory_target(shape, spec.train_config()) if spec.training.fast_path != "off" else None
+    if target is not None:
+        notes.append(f"QLoRA's fast path uses up to {target / GIB:.1f} GiB of GPU memory (what micro_batch_size "
+                     f"{spec.training.micro_batch_size} x max_seq_len {spec.training.max_seq_len} takes on the standard path), "
+                     "checkpointing as few layers as fit. To change it: max_memory_gib")
     if spec.training.max_seq_len > shape.max_positions > 0:
         notes.append(f"max_seq_len {spec.training.max_seq_len} is above {shape.name}'s max_position_embeddings {shape.max_positions}")
     return notes
+
+
+def qlora_memory_target(shape: ModelShape, config: TrainConfig) -> int | None:
+    """Bytes QLoRA's fast path may take by default (None: not QLoRA, or a limit is set): what the
+    standard path's tensors would take for the config as written (``micro_batch_size`` padded rows of
+    ``max_seq_len`` tokens, every layer checkpointed, full logits). QLoRA is chosen for memory, so the
+    fast path spends no more than that, on checkpointing fewer layers."""
+    if config.method != "qlora" or config.gradient_checkpointing != "auto" or config.max_memory_gib is not None:
+        return None
+    return estimate_memory(shape, config.model_copy(update={"gradient_checkpointing": "on"})).tensors(True)
 
 
 def check_fits(spec: JobSpec) -> MemoryEstimate | None:

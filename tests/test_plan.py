@@ -21,6 +21,7 @@ from launcher.plan import (
     lora_param_count,
     nf4_bytes,
     plan,
+    qlora_memory_target,
     resolve_model,
 )
 from launcher.spec import JobSpec, TrainConfig
@@ -145,6 +146,17 @@ def test_fp8_adds_two_float8_copies_of_the_linear_weights():
     plain, fp8 = (estimate_memory(shape, TrainConfig(fp8=value)) for value in ("off", "on"))
     assert fp8.weights - plain.weights == 2 * 6_979_321_856  # W and W.T, one byte each per linear parameter
     assert estimate_memory(shape, TrainConfig(method="qlora", fp8="on")).weights == 5_702_295_552  # NF4 bases: unchanged
+
+
+def test_qlora_fast_path_memory_target_is_the_standard_paths_and_noted(tmp_path):
+    spec = make_spec(tmp_path, method="qlora", training={"fast_path": "auto", "micro_batch_size": 8, "max_seq_len": 2048})
+    # The figure the H200 run logged; the Trainer-style QLoRA baseline peaked at 40.5 GiB there.
+    assert qlora_memory_target(resolve_model(LLAMA3_8B), spec.train_config()) / 2**30 == pytest.approx(37.6, abs=0.05)
+    notes = plan(spec, dataset_tokens=1_000_000).notes
+    assert any(n.startswith("QLoRA's fast path uses up to 37.6 GiB") and "max_memory_gib" in n for n in notes)
+    capped = plan(make_spec(tmp_path, method="qlora", training={"fast_path": "auto", "max_memory_gib": 20}), dataset_tokens=1_000_000)
+    assert not any("QLoRA's fast path uses" in n for n in capped.notes)
+    assert qlora_memory_target(resolve_model(LLAMA3_8B), TrainConfig(method="lora")) is None
 
 
 def test_max_memory_below_what_one_example_needs_is_noted(tmp_path):
