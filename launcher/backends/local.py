@@ -260,27 +260,26 @@ class LocalBackend(Backend):
         """SIGTERM to the job's process group (the entrypoint checkpoints and exits), then SIGKILL
         once ``grace_s`` seconds have passed."""
         folder = self._existing(job_id)
-        if not _lock_held(folder):
-            with file_lock(self.root / "locks" / f"{job_id}.lock"):  # not racing a resubmission
-                if self.status(job_id).state is JobState.INTERRUPTED and not _lock_held(folder):
-                    # Nothing runs; the checkpoint stays, so submitting again still resumes.
-                    _merge_state(folder, state="CANCELLED", ended_at=now(),
-                                 message="cancelled by user after an interruption; submit it again to resume from its checkpoint")
-            return self.status(job_id)
-        (folder / "cancel").write_text(now() + "\n", encoding="utf-8")
-        pgid = self._wait_for_pgid(folder)
-        if pgid is None:
-            return self.status(job_id)
-        grace = self.grace_s if grace_s is None else grace_s
-        _signal_group(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while _lock_held(folder) and time.monotonic() < deadline:
-            time.sleep(0.1)
         if _lock_held(folder):
-            _signal_group(pgid, signal.SIGKILL)
-            deadline = time.monotonic() + 10
-            while _lock_held(folder) and time.monotonic() < deadline:
-                time.sleep(0.05)
+            (folder / "cancel").write_text(now() + "\n", encoding="utf-8")
+            pgid = self._wait_for_pgid(folder)
+            if pgid is not None:
+                grace = self.grace_s if grace_s is None else grace_s
+                _signal_group(pgid, signal.SIGTERM)
+                deadline = time.monotonic() + grace
+                while _lock_held(folder) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                if _lock_held(folder):
+                    _signal_group(pgid, signal.SIGKILL)
+                    deadline = time.monotonic() + 10
+                    while _lock_held(folder) and time.monotonic() < deadline:
+                        time.sleep(0.05)
+        # Interrupted (before, or just as the cancel arrived): nothing runs, so it ends here. The
+        # checkpoint stays, so submitting again still resumes.
+        with file_lock(self.root / "locks" / f"{job_id}.lock"):  # not racing a resubmission
+            if self.status(job_id).state is JobState.INTERRUPTED and not _lock_held(folder):
+                _merge_state(folder, state="CANCELLED", ended_at=now(),
+                             message="cancelled by user after an interruption; submit it again to resume from its checkpoint")
         return self.status(job_id)
 
     def _wait_for_pgid(self, folder: Path) -> int | None:
