@@ -84,7 +84,7 @@ class Hyperparameters(StrictModel):
     # loss on the benchmark's synthetic task); measure your eval loss with it.
     fp8: Literal["off", "on"] = "off"
     # Fast path: torch.compile each decoder layer (static shapes, so it compiles once). Off: it measured
-    # +2% on an H200 for ~18 s of compiling, with warnings from Liger's kernels.
+    # +2-4% on an H200 for ~18 s of compiling, with warnings from Liger's kernels.
     torch_compile: Literal["off", "layers"] = "off"
     # Fast path on a GPU: peak GiB the run's tensors may take (torch.cuda.max_memory_allocated; the CUDA
     # context comes on top). Within it, as few layers are checkpointed as fit. None = LoRA uses the GPU;
