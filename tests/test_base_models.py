@@ -1,9 +1,11 @@
 """Where the base model comes from: tiny-llama, a local folder, s3:// (moto server), gs:// (the /gcs
-mount), a Hub id with its token read from the named environment variable."""
+mount, or gcp-storage-emulator without it), a Hub id with its token read from the named environment
+variable."""
 
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -65,6 +67,35 @@ def test_gs_uri_reads_through_the_gcs_mount(tiny_llama_dir, tmp_path, monkeypatc
     monkeypatch.setenv("LAUNCHER_GCS_MOUNT", str(tmp_path / "gcs"))
     shutil.copytree(tiny_llama_dir, tmp_path / "gcs/bucket/bases/tiny")
     assert models.resolve("gs://bucket/bases/tiny") == str(tmp_path / "gcs/bucket/bases/tiny")
+
+
+def test_gs_prefix_without_the_mount_is_downloaded_once_into_the_cache(tiny_llama_dir, tmp_path, monkeypatch):
+    import socket
+
+    from gcp_storage_emulator.server import create_server
+    from google.cloud import storage
+
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        port = probe.getsockname()[1]
+    server = create_server("localhost", port, in_memory=True)
+    server.start()
+    try:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://localhost:{port}")
+        monkeypatch.setenv("LAUNCHER_GCS_MOUNT", str(tmp_path / "no-mount"))
+        monkeypatch.setenv("LAUNCHER_CACHE", str(tmp_path / "cache"))
+        bucket = storage.Client(project="test").create_bucket("models")
+        for path in tiny_llama_dir.iterdir():
+            bucket.blob(f"bases/tiny/{path.name}").upload_from_filename(str(path))
+        local = models.resolve("gs://models/bases/tiny")
+        assert models.load_tokenizer(local).chat_template
+        assert sorted(p.name for p in Path(local).iterdir()) == sorted(p.name for p in tiny_llama_dir.iterdir())
+        bucket.blob("bases/tiny/config.json").delete()
+        assert models.resolve("gs://models/bases/tiny") == local  # cached: no second download
+        with pytest.raises(NotFoundError, match="no objects under gs://models/nothing"):
+            models.resolve("gs://models/nothing")
+    finally:
+        server.stop()
 
 
 def test_hub_token_comes_from_the_named_environment_variable(monkeypatch):
