@@ -46,12 +46,12 @@ def resolve(base_model: str) -> str:
 
         return str(tiny_llama.materialize(cache_root()))
     if base_model.startswith("s3://"):
-        return str(_download_s3(base_model))
+        return str(_download(base_model))
     if base_model.startswith("gs://"):
         from entrypoints.platform import gcs_path
 
         mounted = gcs_path(base_model)
-        return str(mounted) if mounted.is_dir() else str(_download_gcs(base_model))
+        return str(mounted) if mounted.is_dir() else str(_download(base_model))
     path = Path(base_model).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -171,52 +171,46 @@ def _cache_folder(uri: str) -> Path:
     return cache_root() / "models" / hashlib.sha256(uri.encode()).hexdigest()[:16]
 
 
-def _download_s3(uri: str) -> Path:
-    try:
-        import boto3
-    except ImportError:
-        raise MissingExtraError("boto3", "aws", f"Loading the base model from {uri}") from None
-    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+def _download(uri: str) -> Path:
+    """The model folder under an s3:// or gs:// prefix, downloaded once into the cache (atomically, so a
+    cached folder is complete)."""
     target = _cache_folder(uri)
     if (target / "config.json").is_file():
         return target
-    client = boto3.client("s3")
-    paginator = client.get_paginator("list_objects_v2")
-    keys = [obj["Key"] for page in paginator.paginate(Bucket=bucket, Prefix=prefix) for obj in page.get("Contents", [])]
+    scheme, _, rest = uri.partition("://")
+    bucket, _, prefix = rest.partition("/")
+    if scheme == "s3":
+        try:
+            import boto3
+        except ImportError:
+            raise MissingExtraError("boto3", "aws", f"Loading the base model from {uri}") from None
+        client = boto3.client("s3")
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+
+        def download(key: str, dest: Path) -> None:
+            client.download_file(bucket, key, str(dest))
+    else:
+        try:
+            from google.cloud import storage
+        except ImportError:
+            raise MissingExtraError("google-cloud-storage", "gcp", f"Loading the base model from {uri}") from None
+        blobs = {blob.name: blob for blob in storage.Client().list_blobs(bucket, prefix=prefix)}
+        keys = list(blobs)
+
+        def download(key: str, dest: Path) -> None:
+            blobs[key].download_to_filename(str(dest))
+    keys = [key for key in keys if not key.endswith("/")]
     if not keys:
         raise NotFoundError(f"no objects under {uri}. To fix: upload the model there or check the prefix")
 
-    def fetch(tmp: Path) -> None:
+    def fill(tmp: Path) -> None:
         for key in keys:
-            if key.endswith("/"):
-                continue
             dest = tmp / key[len(prefix):].lstrip("/")
             dest.parent.mkdir(parents=True, exist_ok=True)
-            client.download_file(bucket, key, str(dest))
+            download(key, dest)
 
-    return _atomic_folder(target, fetch)
-
-
-def _download_gcs(uri: str) -> Path:
-    try:
-        from google.cloud import storage
-    except ImportError:
-        raise MissingExtraError("google-cloud-storage", "gcp", f"Loading the base model from {uri}") from None
-    bucket_name, _, prefix = uri.removeprefix("gs://").partition("/")
-    target = _cache_folder(uri)
-    if (target / "config.json").is_file():
-        return target
-    blobs = [b for b in storage.Client().list_blobs(bucket_name, prefix=prefix) if not b.name.endswith("/")]
-    if not blobs:
-        raise NotFoundError(f"no objects under {uri}. To fix: upload the model there or check the prefix")
-
-    def fetch(tmp: Path) -> None:
-        for blob in blobs:
-            dest = tmp / blob.name[len(prefix):].lstrip("/")
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            blob.download_to_filename(str(dest))
-
-    return _atomic_folder(target, fetch)
+    return _atomic_folder(target, fill)
 
 
 def _atomic_folder(target: Path, fill) -> Path:
