@@ -41,6 +41,11 @@ from launcher.errors import DataError, LauncherError, SpecError, UserInputError
 from launcher.spec import INTERRUPTED_EXIT_CODE, TrainConfig
 
 
+# Micro-batch tokens at most: past ~16-32k the matmuls gain nothing; QLoRA keeps the smaller cap (it is
+# chosen for memory).
+BUDGET_CAP = {"lora": 32768, "qlora": 16384}
+
+
 class Interrupted(Exception):
     """Training stopped on SIGTERM after saving a checkpoint."""
 
@@ -282,10 +287,9 @@ class Recipe:
         probe_tokens = fast.round_up(max(2048, 2 * cfg.max_seq_len))
         for attempt in range(2):
             available = 0.95 * total - reserve - torch.cuda.memory_allocated()
-            # Past ~16-32k tokens the matmuls gain nothing; QLoRA keeps the smaller cap (it is chosen for memory).
-            cap = 16384 if cfg.method == "qlora" else 32768
             budget, self.bytes_per_token = fast.choose_budget(
-                self._probe, probe_tokens=probe_tokens, max_seq_len=cfg.max_seq_len, available_bytes=available, cap=cap
+                self._probe, probe_tokens=probe_tokens, max_seq_len=cfg.max_seq_len, available_bytes=available,
+                cap=BUDGET_CAP[cfg.method],
             )
             fits = budget * self.bytes_per_token <= available
             if fits or self.gradient_checkpointing or cfg.gradient_checkpointing == "off" or attempt:
@@ -333,7 +337,7 @@ class Recipe:
         per_layer = max(1, math.ceil((peaks[-1] - peaks[-2]) / probe_tokens))
         per_token = math.ceil(peaks[0] / probe_tokens)
         budget, kept = fast.fit_layers(per_token, per_layer, layers, available, max_seq_len=cfg.max_seq_len,
-                                       cap=16384 if cfg.method == "qlora" else 32768)
+                                       cap=BUDGET_CAP[cfg.method])
         self.checkpoint_layers(layers - kept)
         self.bytes_per_token = per_token + kept * per_layer
         log(f"memory target {target / 2**30:.1f} GiB: {budget} tokens a micro-batch, {layers - kept} of {layers} layers "
