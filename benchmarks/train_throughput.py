@@ -256,7 +256,9 @@ class BenchRecipe(train.Recipe):
         return [[[row]] for row in self.rows]
 
 
-def run_ours(shape, method, data, *, warmup: int, steps: int, eval_data=None, hp=None, in_order: bool = False) -> dict:
+def run_ours(shape, method, data, *, warmup: int, steps: int, eval_data=None, hp=None, in_order: bool = False,
+             profile: Path | None = None) -> dict:
+    """``profile``: the timed steps run under torch.profiler (slower) and its kernel table is written there."""
     free()
     times, effective = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -281,6 +283,15 @@ def run_ours(shape, method, data, *, warmup: int, steps: int, eval_data=None, hp
                 effective.append(recipe.tokens_seen - clock["seen"])
             if step == warmup:
                 reset_peak()
+                if profile:
+                    activity = torch.profiler.ProfilerActivity.CUDA if CUDA else torch.profiler.ProfilerActivity.CPU
+                    clock["profiler"] = torch.profiler.profile(activities=[activity])
+                    clock["profiler"].start()
+            if profile and step == warmup + steps:
+                clock["profiler"].stop()
+                table = clock["profiler"].key_averages().table(sort_by="self_device_time_total" if CUDA else "self_cpu_time_total", row_limit=60, max_name_column_width=90)
+                profile.write_text(table)
+                print(table, flush=True)
             if step >= warmup:
                 clock["t"], clock["seen"] = now, recipe.tokens_seen
 
@@ -328,16 +339,18 @@ def matmul_peak_tflops() -> float:
     return 2 * size**3 * 20 / (time.perf_counter() - start) / 1e12
 
 
-def useful_flops_per_token(shape: dict, data_lengths: list[int]) -> float:
-    """4 x (non-embedding parameters, the untied output head included) per token, plus attention:
-    12 x layers x hidden x mean causal context (QK^T and PV forward, four products backward)."""
+def useful_flops_per_token(shape: dict, data: list[sequences.Tokenized]) -> float:
+    """4 x the decoder layers' parameters per token, plus the output head's 4 x vocab x hidden for the
+    tokens that have a target (a prompt token's logits are not needed), plus attention: 12 x layers x
+    hidden x mean causal context (QK^T and PV forward, four products backward)."""
     h, f, n, kv, heads, v = (shape[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
                                                  "num_key_value_heads", "num_attention_heads", "vocab_size"))
     head = h // heads
     per_layer = h * h * 2 + 2 * h * kv * head + 3 * h * f
-    params = n * per_layer + v * h
-    context = sum(L * (L + 1) / 2 for L in data_lengths) / sum(data_lengths)
-    return 4 * params + 12 * n * h * context
+    tokens = sum(len(t) for t in data)
+    target_share = sum(t.n_targets for t in data) / tokens
+    context = sum(len(t) * (len(t) + 1) / 2 for t in data) / tokens
+    return 4 * n * per_layer + 4 * v * h * target_share + 12 * n * h * context
 
 
 def main() -> None:
@@ -355,8 +368,10 @@ def main() -> None:
     parser.add_argument("--shape", choices=["llama3-8b", "small"], default="llama3-8b", help="small: a CPU dry run")
     parser.add_argument("--micro-batch-tokens", type=int, default=None, help="ours: fix the budget instead of measuring it")
     parser.add_argument("--max-memory-gib", type=float, default=None, help="ours: max_memory_gib (fewer layers checkpointed within it)")
+    parser.add_argument("--attention", choices=["auto", "varlen", "flex"], default="auto", help="ours: attention (auto: varlen where available)")
     parser.add_argument("--torch-compile", action="store_true", help="ours: torch_compile: layers")
     parser.add_argument("--fp8", action="store_true", help="ours: fp8: on for LoRA (float8 base matmuls), numerics check included")
+    parser.add_argument("--profile", default=None, help="ours: write the timed steps' kernel table (torch.profiler) to PROFILE-METHOD.txt")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -369,10 +384,12 @@ def main() -> None:
     print(f"GPU {report['gpu']}, bf16 matmul {report['matmul_peak_tflops']:.0f} TFLOP/s, {versions}", flush=True)
     shape = LLAMA3_8B if args.shape == "llama3-8b" else SMALL
     data = synthetic(args.examples, shape["vocab_size"], seed=1)
-    flops = useful_flops_per_token(shape, [len(t) for t in data])
+    flops = useful_flops_per_token(shape, data)
     ours_hp = {"micro_batch_tokens": args.micro_batch_tokens} if args.micro_batch_tokens else {}
     if args.max_memory_gib:
         ours_hp["max_memory_gib"] = args.max_memory_gib
+    if args.attention != "auto":
+        ours_hp["attention"] = args.attention
     if args.torch_compile:
         ours_hp["torch_compile"] = "layers"
     def save() -> None:
@@ -387,7 +404,8 @@ def main() -> None:
                     result = run_baseline(shape, method, data, warmup=args.warmup, steps=args.baseline_steps)
                 else:
                     fp8 = {"fp8": "on"} if args.fp8 and method == "lora" else {}
-                    result = run_ours(shape, method, data, warmup=args.warmup, steps=args.steps, hp={**ours_hp, **fp8})
+                    result = run_ours(shape, method, data, warmup=args.warmup, steps=args.steps, hp={**ours_hp, **fp8},
+                                      profile=Path(f"{args.profile}-{method}.txt") if args.profile else None)
             except Exception as exc:  # keep going: one failed run must not lose the others' figures
                 import traceback
 
