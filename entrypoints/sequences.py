@@ -151,6 +151,21 @@ def dense_mask(doc_ids):
     return (same & causal)[:, None]
 
 
+def cu_seqlens(doc_ids):
+    """Where each sequence starts in the flattened batch, for varlen attention: (int32 tensor of
+    sequences + 1 offsets ending at the token count, the longest sequence's length). A sequence is one
+    example; a row's padding (doc -1) is one more, and every row starts a new one."""
+    import torch
+
+    rows, length = doc_ids.shape
+    flat = doc_ids.reshape(-1)
+    starts = torch.ones_like(flat, dtype=torch.bool)
+    starts[1:] = flat[1:] != flat[:-1]
+    starts[::length] = True
+    offsets = torch.cat([starts.nonzero().flatten(), torch.tensor([flat.numel()])]).to(torch.int32)
+    return offsets, int((offsets[1:] - offsets[:-1]).max())
+
+
 def block_mask(doc_ids, block: int = 128):
     """The same mask as a FlexAttention BlockMask: O(L) memory, fully masked blocks skipped.
 

@@ -199,9 +199,16 @@ class Recipe:
             if lacking:
                 raise SpecError("fp8: on needs method lora on the fast path and a GPU with float8 matmuls (compute capability "
                                 f"8.9+: L4, L40S, H100, H200); this run has {lacking}. To fix: fp8: off")
-        # FlexAttention has no backward on the CPU: there the fast path uses the same mask, dense, with SDPA.
-        self.flex = self.fast and self.device == "cuda"
-        base = self.load_base(attn_implementation="flex_attention" if self.flex else "sdpa")
+        # Per-example attention: FlashAttention varlen or FlexAttention on a GPU; on the CPU (where
+        # FlexAttention has no backward) the same mask, dense, with SDPA.
+        self.attention = "sdpa"
+        if self.fast and self.device == "cuda":
+            self.attention = "varlen" if cfg.attention == "varlen" or (cfg.attention == "auto" and fast.varlen_available()) else "flex"
+            if self.attention == "varlen" and not fast.varlen_available():
+                raise SpecError("attention: varlen needs PyTorch's FlashAttention varlen kernel (torch >= 2.10) and an Ampere "
+                                "or newer GPU. To fix: attention: auto")
+        implementation = {"varlen": fast.register_varlen, "flex": lambda: "flex_attention", "sdpa": lambda: "sdpa"}[self.attention]()
+        base = self.load_base(attn_implementation=implementation)
         self.model = models.add_lora(
             base, cfg, gradient_checkpointing=self.gradient_checkpointing, upcast_non_quantized=not self.fast
         )
@@ -243,7 +250,7 @@ class Recipe:
                 "micro_batch_tokens": self.micro_batch_tokens,
                 "bytes_per_token": getattr(self, "bytes_per_token", None),
                 "kernels": "liger" if self.use_liger else "none",
-                "attention": "flex_attention" if self.flex else "sdpa",
+                "attention": self.attention,
                 "gradient_checkpointing": self.gradient_checkpointing,
                 "checkpointed_layers": self.checkpointed_layers(),
             }
@@ -435,9 +442,20 @@ class Recipe:
                 from entrypoints import fast
 
                 base = model.get_base_model()
-                mask = sequences.block_mask(doc_ids) if self.flex else sequences.dense_mask(doc_ids)
-                hidden = base.get_decoder()(input_ids=input_ids, position_ids=positions, attention_mask=mask).last_hidden_state
-                loss_sum = fast.linear_cross_entropy(hidden, base.get_output_embeddings().weight, targets, use_liger=self.use_liger)
+                extra = {}
+                if self.attention == "varlen":  # the examples' offsets, computed on the host copy of doc_ids
+                    offsets, longest = sequences.cu_seqlens(batch["doc_ids"])
+                    offsets = offsets.to(self.device, non_blocking=True)
+                    extra = {"attention_mask": None, "cu_seq_lens_q": offsets, "cu_seq_lens_k": offsets,
+                             "max_length_q": longest, "max_length_k": longest}
+                else:
+                    extra["attention_mask"] = sequences.block_mask(doc_ids) if self.attention == "flex" else sequences.dense_mask(doc_ids)
+                hidden = base.get_decoder()(input_ids=input_ids, position_ids=positions, **extra).last_hidden_state
+                # Logits only where there is a target (prompt tokens have none): the rows are picked on the
+                # host copy of the targets, so the device never waits.
+                keep = (batch["targets"].flatten() != sequences.IGNORE).nonzero().flatten().to(self.device, non_blocking=True)
+                loss_sum = fast.linear_cross_entropy(hidden.flatten(0, 1).index_select(0, keep), base.get_output_embeddings().weight,
+                                                     targets.flatten().index_select(0, keep), use_liger=self.use_liger)
             else:
                 logits = model(input_ids=input_ids, position_ids=positions, attention_mask=sequences.dense_mask(doc_ids)).logits
                 loss_sum = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=sequences.IGNORE, reduction="sum")
@@ -584,7 +602,7 @@ class Recipe:
         chosen = [self.eval_examples[i] for i in sorted(picks[: cfg.eval_samples])]
         budget = max(1, cfg.max_seq_len - cfg.max_new_tokens)
         prompts = [sequences.prompt_ids(self.tokenizer, e)[-budget:] for e in chosen]
-        if self.flex:  # generation has no document mask to build: plain SDPA with a padding mask
+        if self.attention != "sdpa":  # generation has no packed examples: plain SDPA with a padding mask
             self.model.get_base_model().set_attn_implementation("sdpa")
 
         def generate() -> list[str]:

@@ -47,14 +47,14 @@ def test_choose_budget_is_the_largest_block_multiple_that_fits():
     assert fast.choose_budget(lambda n: n, probe_tokens=256, max_seq_len=300, available_bytes=10**12, cap=4096)[0] == 4096
 
 
-def _lora_pair(quantized: bool, dropout: float):
+def _lora_pair(quantized: bool, dropout: float, bias: bool = True):
     """The same LoRA model twice: one on peft's own forward, one through fast.fuse_lora."""
     import copy
 
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(0)
-    first = torch.nn.Linear(64, 48)
+    first = torch.nn.Linear(64, 48, bias=bias or quantized)
     if quantized:
         import bitsandbytes as bnb
 
@@ -62,7 +62,7 @@ def _lora_pair(quantized: bool, dropout: float):
         q.weight = bnb.nn.Params4bit(first.weight.data, requires_grad=False, quant_type="nf4")
         q.bias = torch.nn.Parameter(first.bias.data, requires_grad=False)
         first = q.to("cpu")
-    model = get_peft_model(torch.nn.Sequential(first, torch.nn.ReLU(), torch.nn.Linear(48, 16)),
+    model = get_peft_model(torch.nn.Sequential(first, torch.nn.ReLU(), torch.nn.Linear(48, 16, bias=bias)),
                            LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules=["0", "2"]))
     for name, p in model.named_parameters():
         if "lora_B" in name:  # peft starts B at zero; a trained adapter is what matters
@@ -72,11 +72,11 @@ def _lora_pair(quantized: bool, dropout: float):
     return model, fused
 
 
-@pytest.mark.parametrize("quantized", [False, True], ids=["lora", "qlora-nf4"])
+@pytest.mark.parametrize("quantized,bias", [(False, False), (False, True), (True, True)], ids=["lora", "lora-bias", "qlora-nf4"])
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
 @pytest.mark.parametrize("input_grad", [True, False], ids=["input-grad", "no-input-grad"])
-def test_fused_lora_layers_give_peft_outputs_and_gradients(quantized, dropout, input_grad):
-    peft_model, fused = _lora_pair(quantized, dropout)
+def test_fused_lora_layers_give_peft_outputs_and_gradients(quantized, bias, dropout, input_grad):
+    peft_model, fused = _lora_pair(quantized, dropout, bias)
     results = []
     for model in (peft_model, fused):
         torch.manual_seed(1)  # the same dropout masks
@@ -253,3 +253,44 @@ def test_fast_path_trains_and_resumes_with_the_remembered_budget(make_job):
     resumed = load_file(str(root / "model/adapter_model.safetensors"))
     for key in expected:
         torch.testing.assert_close(resumed[key], expected[key], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointed"])
+def test_sibling_adapters_computed_together_give_peft_outputs_and_gradients(monkeypatch, checkpointing):
+    """q/k/v and gate/up (fed the same tensor) go through one autograd function each, with the same
+    outputs and gradients as peft's layer-by-layer code; recomputation under checkpointing too."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=64)
+    model = get_peft_model(LlamaForCausalLM(config), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1)
+    fused = copy.deepcopy(model)
+    assert fast.fuse_lora(fused) == 2 * 7
+    calls = []
+    apply = fast._LoraGroup.apply
+    monkeypatch.setattr(fast._LoraGroup, "apply", lambda x, layers, *w: calls.append(len(layers)) or apply(x, layers, *w))
+    if checkpointing:
+        from entrypoints import models
+
+        models.enable_checkpointing(fused)  # as the recipe does: the first layer's input needs no gradient
+    ids = torch.randint(0, 96, (2, 12))
+    results = []
+    for m in (model, fused):
+        m.train()
+        logits = m(input_ids=ids).logits
+        logits.square().mean().backward()
+        results.append((logits.detach(), {n: p.grad for n, p in m.named_parameters() if p.requires_grad}))
+    (y_peft, g_peft), (y_fused, g_fused) = results
+    per_forward = [3, 1, 2, 1] * 2  # q/k/v, o, gate/up, down in each of 2 layers
+    assert calls == per_forward * (2 if checkpointing else 1)
+    torch.testing.assert_close(y_fused, y_peft)
+    assert g_fused.keys() == g_peft.keys() and all(g_fused[n] is not None and g_fused[n].abs().sum() > 0 for n in g_fused)
+    for name in g_peft:
+        torch.testing.assert_close(g_fused[name], g_peft[name], msg=name)

@@ -82,9 +82,15 @@ def test_first_fit_decreasing_packing_respects_capacity():
 def _packed_logits(model, tokenizer, examples, mask_kind):
     toks = [sequences.tokenize(tokenizer, e, 256) for e in examples]
     batch = sequences.collate([list(range(len(toks)))], toks, tokenizer.pad_token_id, multiple=128)
-    mask = {"dense": sequences.dense_mask, "block": sequences.block_mask, "none": lambda d: None}[mask_kind](batch["doc_ids"])
+    if mask_kind == "varlen":  # no mask: the examples' offsets
+        offsets, longest = sequences.cu_seqlens(batch["doc_ids"])
+        offsets = offsets.to(model.device)
+        extra = {"cu_seq_lens_q": offsets, "cu_seq_lens_k": offsets, "max_length_q": longest, "max_length_k": longest}
+    else:
+        mask = {"dense": sequences.dense_mask, "block": sequences.block_mask, "none": lambda d: None}[mask_kind](batch["doc_ids"])
+        extra = {"attention_mask": mask}
     with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=mask).logits[0]
+        logits = model(input_ids=batch["input_ids"].to(model.device), position_ids=batch["position_ids"].to(model.device), **extra).logits[0]
     out, start = [], 0
     for tok in toks:
         out.append(logits[start : start + len(tok)])
@@ -99,16 +105,41 @@ EXAMPLES = [
 ]
 
 
-def _assert_isolated(model, tokenizer, mask_kind: str, atol: float) -> None:
+def _assert_isolated(model, tokenizer, mask_kind: str, atol: float, alone_model=None) -> None:
+    """Each packed example's logits equal its logits alone (from ``alone_model``, default the same)."""
     toks, packed = _packed_logits(model, tokenizer, EXAMPLES, mask_kind)
+    alone_model = alone_model or model
     for tok, logits in zip(toks, packed):
         with torch.no_grad():
-            alone = model(input_ids=torch.tensor([tok.input_ids])).logits[0]
-        assert torch.allclose(logits, alone, atol=atol), (logits - alone).abs().max()
+            alone = alone_model(input_ids=torch.tensor([tok.input_ids], device=alone_model.device)).logits[0]
+        assert torch.allclose(logits.float(), alone.float(), atol=atol), (logits.float() - alone.float()).abs().max()
 
 
 def test_packed_examples_give_the_same_logits_as_alone(model, tokenizer):
     _assert_isolated(model, tokenizer, "dense", atol=1e-5)
+
+
+def test_cu_seqlens_marks_each_example_padding_and_row_start():
+    doc_ids = torch.tensor([[0, 0, 0, 1, 1, -1, -1, -1], [0, 0, 0, 0, 0, 0, 1, 1]])
+    offsets, longest = sequences.cu_seqlens(doc_ids)
+    assert offsets.dtype == torch.int32
+    assert offsets.tolist() == [0, 3, 5, 8, 14, 16]  # row 1: 3 + 2 + padding 3; row 2: 6 + 2
+    assert longest == 6
+
+
+def test_varlen_attention_isolates_examples(tiny_llama_dir, tokenizer):
+    """The varlen attention function, wired through transformers (registered implementation, offsets as
+    keyword arguments, no mask): packed logits match each example alone. On the CPU it runs its
+    per-example SDPA reference; tests/test_gpu.py runs the FlashAttention kernel the same way."""
+    from transformers import AutoModelForCausalLM
+
+    from entrypoints import fast
+
+    varlen = AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir), attn_implementation=fast.register_varlen()).eval()
+    alone = AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir), attn_implementation="sdpa").eval()
+    _assert_isolated(varlen, tokenizer, "varlen", atol=1e-5, alone_model=alone)
+    with pytest.raises(ValueError, match="needs cu_seq_lens_q"):
+        varlen(input_ids=torch.tensor([[1, 2, 3]]))
 
 
 def test_flex_attention_block_mask_isolates_examples_too(tiny_llama_dir, tokenizer):
