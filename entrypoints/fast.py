@@ -10,8 +10,8 @@ What it does, and why each piece is here:
   across examples, so attention cost follows the examples' own lengths. (Reset position ids alone leak
   across examples in transformers 5.x.) Two kernels: PyTorch's FlashAttention varlen kernel, given the
   examples' offsets (``varlen_attention``; the default where torch has it), or FlexAttention with a
-  ``BlockMask`` built from document ids. Measured on an H200: varlen 16,128 tokens/s, FlexAttention
-  15,217 (its backward took 12% of the step).
+  ``BlockMask`` built from document ids. Measured on an H200: varlen 17,552 tokens/s, FlexAttention
+  16,760 (its backward took 12% of the step).
 * **Logits only where there is a target.** Prompt tokens have no target, so their hidden states skip
   the output head (picked on the host: no device sync).
 * **Fused kernels** (Liger-Kernel, when installed): RMSNorm, RoPE and SwiGLU, and the fused linear
@@ -32,8 +32,8 @@ What it does, and why each piece is here:
 * **Optional float8 base matmuls** (``fp8: on``, LoRA on compute capability 8.9+): the frozen bf16
   weights are also kept in float8 with per-channel scales, and the base's forward and input-gradient
   GEMMs run through ``torch._scaled_mm`` with per-token scales (row-wise: measured 3% faster than one
-  scale per tensor, and a loud token cannot crush the others' precision). Measured on an H200: +24%
-  (18,924 tokens/s) with a 0.07% eval-loss gap on the benchmark's synthetic task. Off by default: it
+  scale per tensor, and a loud token cannot crush the others' precision). Measured on an H200: +23%
+  (21,531 tokens/s against 17,552) with a 0.07% eval-loss gap on the benchmark's synthetic task. Off by default: it
   changes the base's arithmetic, which a synthetic task cannot vouch for on a real checkpoint.
 * **Token budget from memory.** A probe step measures the bytes each token costs (activations scale
   with tokens under a block-sparse mask); the budget is the largest multiple of 128 tokens that fits
