@@ -33,7 +33,7 @@ What it does, and why each piece is here:
   weights are also kept in float8 with per-channel scales, and the base's forward and input-gradient
   GEMMs run through ``torch._scaled_mm`` with per-token scales (row-wise: measured 3% faster than one
   scale per tensor, and a loud token cannot crush the others' precision). Measured on an H200: +23%
-  (21,531 tokens/s against 17,552) with a 0.07% eval-loss gap on the benchmark's synthetic task. Off by default: it
+  (21,531 tokens/s against 17,552) with a 0.04% eval-loss gap on the benchmark's synthetic task. Off by default: it
   changes the base's arithmetic, which a synthetic task cannot vouch for on a real checkpoint.
 * **Token budget from memory.** A probe step measures the bytes each token costs (activations scale
   with tokens under a block-sparse mask); the budget is the largest multiple of 128 tokens that fits
