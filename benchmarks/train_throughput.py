@@ -289,9 +289,9 @@ def run_ours(shape, method, data, *, warmup: int, steps: int, eval_data=None, hp
                     clock["profiler"].start()
             if profile and step == warmup + steps:
                 clock["profiler"].stop()
-                table = clock["profiler"].key_averages().table(sort_by="self_device_time_total" if CUDA else "self_cpu_time_total", row_limit=60, max_name_column_width=90)
-                profile.write_text(table)
-                print(table, flush=True)
+                kernels = clock["profiler"].key_averages().table(sort_by="self_device_time_total" if CUDA else "self_cpu_time_total", row_limit=60, max_name_column_width=90)
+                profile.write_text(kernels)
+                print(kernels, flush=True)
             if step >= warmup:
                 clock["t"], clock["seen"] = now, recipe.tokens_seen
 

@@ -44,6 +44,7 @@ What it does, and why each piece is here:
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable
@@ -77,8 +78,6 @@ def apply_liger(model_type: str) -> bool:
     apply = MODEL_TYPE_TO_APPLY_LIGER_FN.get(model_type)
     if apply is None:
         return False
-    import inspect
-
     wanted = {"rope": True, "rms_norm": True, "swiglu": True, "cross_entropy": False, "fused_linear_cross_entropy": False}
     accepted = inspect.signature(apply).parameters
     apply(**{k: v for k, v in wanted.items() if k in accepted})
@@ -88,16 +87,22 @@ def apply_liger(model_type: str) -> bool:
 VARLEN = "launcher_varlen"  # the attention implementation's name in transformers' registry
 
 
+@functools.cache
+def _varlen_parameters() -> frozenset[str]:
+    """The keyword parameters of this torch's ``varlen_attn`` (empty where it has none)."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return frozenset()
+    return frozenset(inspect.signature(varlen_attn).parameters)
+
+
 def varlen_available() -> bool:
     """PyTorch's own FlashAttention varlen kernel (``torch.nn.attention.varlen``, torch >= 2.10 with
     ``scale`` and ``window_size``) on an Ampere or newer GPU."""
     if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0):
         return False
-    try:
-        from torch.nn.attention.varlen import varlen_attn
-    except ImportError:
-        return False
-    return {"scale", "window_size"} <= set(inspect.signature(varlen_attn).parameters)
+    return {"scale", "window_size"} <= _varlen_parameters()
 
 
 def register_varlen() -> str:
@@ -126,7 +131,7 @@ def varlen_attention(module, query, key, value, attention_mask, scaling=None, dr
     if q.is_cuda:
         from torch.nn.attention.varlen import varlen_attn
 
-        gqa = {"enable_gqa": True} if "enable_gqa" in inspect.signature(varlen_attn).parameters else {}
+        gqa = {"enable_gqa": True} if "enable_gqa" in _varlen_parameters() else {}  # torch >= 2.12 asks for it
         out = varlen_attn(q, k, v, cu_seq_lens_q, cu_seq_lens_q, max_length_q, max_length_q, scale=scaling,
                           window_size=(-1, 0), **gqa)
     else:
@@ -206,10 +211,16 @@ def _fused_lora_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
             return out
     dropout = self.lora_dropout[name]
     if isinstance(dropout, torch.nn.Identity):
-        return _LoraGroup.apply(x, ((self.scaling[name], self.base_layer, getattr(self, "launcher_fp8", None)),),
-                                self.lora_A[name].weight, self.lora_B[name].weight)[0]
+        return _LoraGroup.apply(x, *_group_inputs([self], [name]))[0]
     return _LoraLinear.apply(x, dropout(x), self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name],
                              self.base_layer, getattr(self, "launcher_fp8", None))
+
+
+def _group_inputs(layers: list, names: list[str]) -> tuple:
+    """``_LoraGroup``'s arguments after ``x``: (scaling, base layer, Fp8Weight or None) per layer, then
+    each layer's A and B weights."""
+    meta = tuple((m.scaling[n], m.base_layer, getattr(m, "launcher_fp8", None)) for m, n in zip(layers, names))
+    return (meta, *(w for m, n in zip(layers, names) for w in (m.lora_A[n].weight, m.lora_B[n].weight)))
 
 
 class _Siblings:
@@ -230,9 +241,7 @@ class _Siblings:
         names = [_plain_adapter(m) for m in self.members]
         if index != 0 or None in names or any(not isinstance(m.lora_dropout[n], torch.nn.Identity) for m, n in zip(self.members, names)):
             return None
-        layers = tuple((m.scaling[n], m.base_layer, getattr(m, "launcher_fp8", None)) for m, n in zip(self.members, names))
-        weights = [w for m, n in zip(self.members, names) for w in (m.lora_A[n].weight, m.lora_B[n].weight)]
-        outs = _LoraGroup.apply(x, layers, *weights)
+        outs = _LoraGroup.apply(x, *_group_inputs(self.members, names))
         self.pending = {i: (x, out) for i, out in enumerate(outs) if i}
         return outs[0]
 
@@ -250,16 +259,16 @@ def _autocast_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
 
 
-def _base_plus_adapter(x: torch.Tensor, low_rank: torch.Tensor, b: torch.Tensor, scaling: float, base, fp8) -> torch.Tensor:
-    """``base(x) + scaling * low_rank @ B.T`` as a (tokens x out) tensor, the adapter added inside a GEMM."""
-    dtype = b.dtype
+def _base_plus_adapter(x2: torch.Tensor, low_rank: torch.Tensor, b: torch.Tensor, scaling: float, base, fp8) -> torch.Tensor:
+    """``base(x2) + scaling * low_rank @ B.T`` for a (tokens x in) input in the matmul dtype, the
+    adapter added inside a GEMM."""
     if fp8 is None and type(base) is torch.nn.Linear and base.bias is None:
         # The adapter's output first, then the base GEMM adds onto it in its epilogue (beta): the
         # output makes one memory-bound pass, not two (write, then read and write again).
-        return (low_rank @ b.t()).addmm_(x.reshape(-1, x.shape[-1]).to(dtype), base.weight.to(dtype).t(), beta=scaling)
-    result = base(x) if fp8 is None else fp8.forward(x.to(dtype), base.bias)
+        return (low_rank @ b.t()).addmm_(x2, base.weight.to(x2.dtype).t(), beta=scaling)
+    result = base(x2) if fp8 is None else fp8.forward(x2, base.bias)
     # In place: ``result`` is this call's own fresh tensor, and addmm out of place would first copy it.
-    return result.reshape(-1, result.shape[-1]).to(dtype).addmm_(low_rank, b.t(), alpha=scaling)
+    return result.to(x2.dtype).addmm_(low_rank, b.t(), alpha=scaling)
 
 
 def _add_base_input_grad(grad_x: torch.Tensor, dy: torch.Tensor, base, fp8) -> torch.Tensor:
@@ -285,7 +294,7 @@ class _LoraGroup(torch.autograd.Function):
         ranks = [w.shape[0] for w in weights[0::2]]
         x2 = x.reshape(-1, x.shape[-1]).to(dtype)
         low = x2 @ a_all.t()
-        outs = [_base_plus_adapter(x, low_i, b, scaling, base, fp8).view(*x.shape[:-1], b.shape[0])
+        outs = [_base_plus_adapter(x2, low_i, b, scaling, base, fp8).view(*x.shape[:-1], b.shape[0])
                 for low_i, b, (scaling, base, fp8) in zip(low.split(ranks, 1), bs, layers)]
         ctx.save_for_backward(x2, low, a_all, *bs)
         ctx.layers, ctx.ranks, ctx.x_shape, ctx.dtypes = layers, ranks, (x.shape, x.dtype), [w.dtype for w in weights]
@@ -302,9 +311,8 @@ class _LoraGroup(torch.autograd.Function):
             grads.append((dy.t() @ low_i) * scaling)
         d_low = torch.cat(d_lows, 1)
         grad_as = (d_low.t() @ x2).split(ctx.ranks, 0)
-        weight_grads = []
-        for i, (grad_a, grad_b) in enumerate(zip(grad_as, grads)):
-            weight_grads += [grad_a.to(ctx.dtypes[2 * i]), grad_b.to(ctx.dtypes[2 * i + 1])]
+        pairs = (g for grad_a, grad_b in zip(grad_as, grads) for g in (grad_a, grad_b))
+        weight_grads = [g.to(dtype) for g, dtype in zip(pairs, ctx.dtypes)]
         grad_x = None  # skipped when not needed (the first layer's input, say)
         if ctx.needs_input_grad[0]:
             grad_x = d_low @ a_all
@@ -325,7 +333,7 @@ class _LoraLinear(torch.autograd.Function):
         dropped = dropped.to(dtype)
         a, b = weight_a.to(dtype), weight_b.to(dtype)
         low_rank = dropped.reshape(-1, dropped.shape[-1]) @ a.t()
-        out = _base_plus_adapter(x, low_rank, b, scaling, base, fp8)
+        out = _base_plus_adapter(x.reshape(-1, x.shape[-1]).to(dtype), low_rank, b, scaling, base, fp8)
         ctx.save_for_backward(dropped, low_rank, a, b)
         ctx.scaling, ctx.base, ctx.fp8 = scaling, base, fp8
         ctx.dtypes = (x.dtype, weight_a.dtype, weight_b.dtype)

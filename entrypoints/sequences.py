@@ -157,7 +157,7 @@ def cu_seqlens(doc_ids):
     example; a row's padding (doc -1) is one more, and every row starts a new one."""
     import torch
 
-    rows, length = doc_ids.shape
+    length = doc_ids.shape[1]
     flat = doc_ids.reshape(-1)
     starts = torch.ones_like(flat, dtype=torch.bool)
     starts[1:] = flat[1:] != flat[:-1]

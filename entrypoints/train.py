@@ -203,10 +203,11 @@ class Recipe:
         # FlexAttention has no backward) the same mask, dense, with SDPA.
         self.attention = "sdpa"
         if self.fast and self.device == "cuda":
-            self.attention = "varlen" if cfg.attention == "varlen" or (cfg.attention == "auto" and fast.varlen_available()) else "flex"
-            if self.attention == "varlen" and not fast.varlen_available():
+            varlen = fast.varlen_available()
+            if cfg.attention == "varlen" and not varlen:
                 raise SpecError("attention: varlen needs PyTorch's FlashAttention varlen kernel (torch >= 2.10) and an Ampere "
                                 "or newer GPU. To fix: attention: auto")
+            self.attention = "varlen" if varlen and cfg.attention != "flex" else "flex"
         implementation = {"varlen": fast.register_varlen, "flex": lambda: "flex_attention", "sdpa": lambda: "sdpa"}[self.attention]()
         base = self.load_base(attn_implementation=implementation)
         self.model = models.add_lora(
@@ -434,32 +435,33 @@ class Recipe:
         import torch.nn.functional as F
 
         # Pinned batches (collate_window) are copied without blocking the host.
-        input_ids, targets, positions, doc_ids = (
-            batch[k].to(self.device, non_blocking=True) for k in ("input_ids", "targets", "position_ids", "doc_ids")
-        )
+        input_ids, targets, positions = (batch[k].to(self.device, non_blocking=True) for k in ("input_ids", "targets", "position_ids"))
         with torch.autocast(self.device, dtype=self.dtype, enabled=self.dtype != torch.float32):
             if self.fast:
                 from entrypoints import fast
 
                 base = model.get_base_model()
-                extra = {}
-                if self.attention == "varlen":  # the examples' offsets, computed on the host copy of doc_ids
-                    offsets, longest = sequences.cu_seqlens(batch["doc_ids"])
-                    offsets = offsets.to(self.device, non_blocking=True)
-                    extra = {"attention_mask": None, "cu_seq_lens_q": offsets, "cu_seq_lens_k": offsets,
-                             "max_length_q": longest, "max_length_k": longest}
-                else:
-                    extra["attention_mask"] = sequences.block_mask(doc_ids) if self.attention == "flex" else sequences.dense_mask(doc_ids)
-                hidden = base.get_decoder()(input_ids=input_ids, position_ids=positions, **extra).last_hidden_state
+                hidden = base.get_decoder()(input_ids=input_ids, position_ids=positions, **self._attention_inputs(batch)).last_hidden_state
                 # Logits only where there is a target (prompt tokens have none): the rows are picked on the
                 # host copy of the targets, so the device never waits.
                 keep = (batch["targets"].flatten() != sequences.IGNORE).nonzero().flatten().to(self.device, non_blocking=True)
                 loss_sum = fast.linear_cross_entropy(hidden.flatten(0, 1).index_select(0, keep), base.get_output_embeddings().weight,
                                                      targets.flatten().index_select(0, keep), use_liger=self.use_liger)
             else:
-                logits = model(input_ids=input_ids, position_ids=positions, attention_mask=sequences.dense_mask(doc_ids)).logits
+                logits = model(input_ids=input_ids, position_ids=positions, **self._attention_inputs(batch)).logits
                 loss_sum = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=sequences.IGNORE, reduction="sum")
         return loss_sum, (targets != sequences.IGNORE).sum()
+
+    def _attention_inputs(self, batch: dict) -> dict:
+        """How the decoder keeps each packed example to itself: the examples' offsets for the varlen
+        kernel (computed on the host copy of doc_ids), else a block-diagonal causal mask."""
+        if self.attention == "varlen":
+            offsets, longest = sequences.cu_seqlens(batch["doc_ids"])
+            offsets = offsets.to(self.device, non_blocking=True)
+            return {"attention_mask": None, "cu_seq_lens_q": offsets, "cu_seq_lens_k": offsets,
+                    "max_length_q": longest, "max_length_k": longest}
+        doc_ids = batch["doc_ids"].to(self.device, non_blocking=True)
+        return {"attention_mask": sequences.block_mask(doc_ids) if self.attention == "flex" else sequences.dense_mask(doc_ids)}
 
     def accumulate(self, micro_batches: list[dict]) -> tuple[Any, int]:
         """Backward over one optimizer step's micro-batches, normalised by the window's target tokens,
@@ -575,17 +577,19 @@ class Recipe:
     def evaluate(self) -> None:
         """Losses first (held-out loss, general perplexity; base = adapters off), then generation."""
         cfg = self.config
-        tuned_sum, count = evaluate.token_loss(self.model, self._loss_batches(self.eval_tokens), self.forward)
+        batches = self._loss_batches(self.eval_tokens)
+        tuned_sum, count = evaluate.token_loss(self.model, batches, self.forward)
         with self.model.disable_adapter():
-            base_sum, _ = evaluate.token_loss(self.model, self._loss_batches(self.eval_tokens), self.forward)
+            base_sum, _ = evaluate.token_loss(self.model, batches, self.forward)
         self.metrics["eval"] = {"examples": len(self.eval_tokens), "loss_base": base_sum / count, "loss_tuned": tuned_sum / count}
         log(f"eval loss: base {base_sum / count:.4f} -> tuned {tuned_sum / count:.4f}")
 
         self.metrics["forgetting"] = None
         if self.general_tokens:
-            tuned_sum, n = evaluate.token_loss(self.model, self._loss_batches(self.general_tokens), self.forward)
+            batches = self._loss_batches(self.general_tokens)
+            tuned_sum, n = evaluate.token_loss(self.model, batches, self.forward)
             with self.model.disable_adapter():
-                base_sum, _ = evaluate.token_loss(self.model, self._loss_batches(self.general_tokens), self.forward)
+                base_sum, _ = evaluate.token_loss(self.model, batches, self.forward)
             ppl_base, ppl_tuned = evaluate.perplexity(base_sum, n), evaluate.perplexity(tuned_sum, n)
             rise = 100.0 * (ppl_tuned / ppl_base - 1.0)
             warning = rise > cfg.forgetting_threshold_pct

@@ -605,7 +605,7 @@ def plan(spec: JobSpec, *, dataset_tokens: int | None = None) -> Plan:
 
 def _candidate(entry: dict[str, Any], spec: JobSpec, memory: MemoryEstimate) -> Candidate:
     compute = spec.compute
-    checkpointing, fits = choose_checkpointing(memory, entry["gpu"], gpu_config(spec.train_config()).gradient_checkpointing)
+    checkpointing, fits = choose_checkpointing(memory, entry["gpu"], spec.training.gradient_checkpointing)
     need, have = memory.total(checkpointing), usable_bytes(entry["gpu"])
     if fits:
         reason = f"{need / GIB:.1f} of {have / GIB:.1f} GiB" + (" with checkpointing" if checkpointing else "")

@@ -264,16 +264,7 @@ class LocalBackend(Backend):
             (folder / "cancel").write_text(now() + "\n", encoding="utf-8")
             pgid = self._wait_for_pgid(folder)
             if pgid is not None:
-                grace = self.grace_s if grace_s is None else grace_s
-                _signal_group(pgid, signal.SIGTERM)
-                deadline = time.monotonic() + grace
-                while _lock_held(folder) and time.monotonic() < deadline:
-                    time.sleep(0.1)
-                if _lock_held(folder):
-                    _signal_group(pgid, signal.SIGKILL)
-                    deadline = time.monotonic() + 10
-                    while _lock_held(folder) and time.monotonic() < deadline:
-                        time.sleep(0.05)
+                self._terminate(folder, pgid, self.grace_s if grace_s is None else grace_s)
         # Interrupted (before, or just as the cancel arrived): nothing runs, so it ends here. The
         # checkpoint stays, so submitting again still resumes.
         with file_lock(self.root / "locks" / f"{job_id}.lock"):  # not racing a resubmission
@@ -281,6 +272,19 @@ class LocalBackend(Backend):
                 _merge_state(folder, state="CANCELLED", ended_at=now(),
                              message="cancelled by user after an interruption; submit it again to resume from its checkpoint")
         return self.status(job_id)
+
+    @staticmethod
+    def _terminate(folder: Path, pgid: int, grace_s: float) -> None:
+        """SIGTERM the group, SIGKILL it if the runner still holds its lock after ``grace_s``."""
+        _signal_group(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while _lock_held(folder) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _lock_held(folder):
+            _signal_group(pgid, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while _lock_held(folder) and time.monotonic() < deadline:
+                time.sleep(0.05)
 
     def _wait_for_pgid(self, folder: Path) -> int | None:
         """The job's process group, which the runner records first thing; None once the job has ended."""
