@@ -1,8 +1,12 @@
-"""Evaluation: held-out loss, generation, ROUGE/BLEU/chrF of base vs tuned, and general perplexity.
+"""Evaluation: held-out loss, generation, ROUGE/BLEU/chrF and fact precision/recall of base vs tuned, and
+general perplexity.
 
 Metrics come from ``rouge_score`` and ``sacrebleu`` called directly: ``evaluate.load`` fetches metric
-scripts from the Hub, which training jobs and tests may not reach. The base model is the tuned model
-with its adapters switched off (``disable_adapter``), so both are scored on the same weights in memory.
+scripts from the Hub, which training jobs and tests may not reach. Fact precision and recall come from
+``launcher.facts`` (numbers, dates, names and citations held to the prompt and the reference): wording
+metrics rise for an answer that copies the phrasing but gets the client or the amount wrong. The base model is
+the tuned model with its adapters switched off (``disable_adapter``), so both are scored on the same weights in
+memory.
 """
 
 from __future__ import annotations
@@ -10,13 +14,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-METRICS = ("rouge1", "rouge2", "rougeL", "bleu", "chrf")
+METRICS = ("rouge1", "rouge2", "rougeL", "bleu", "chrf", "fact_precision", "fact_recall")
 
 
 def text_metrics(predictions: Sequence[str], references: Sequence[str], prompts: Sequence[str] | None = None) -> dict[str, float]:
-    """ROUGE-1/2/L (mean F1, stemmed) and corpus BLEU and chrF, all on a 0-100 scale."""
+    """ROUGE-1/2/L (mean F1, stemmed), corpus BLEU and chrF, and fact precision/recall, all on a 0-100 scale.
+
+    ``prompts`` (one text per prediction, every prompt turn) also back a prediction's facts; without them
+    fact precision is judged against the reference alone. See ``launcher.facts`` for the definitions.
+    """
     import sacrebleu
     from rouge_score import rouge_scorer
+
+    from launcher import facts
 
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
     totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
@@ -28,6 +38,7 @@ def text_metrics(predictions: Sequence[str], references: Sequence[str], prompts:
     out = {key: 100.0 * value / count for key, value in totals.items()}
     out["bleu"] = sacrebleu.corpus_bleu(list(predictions), [list(references)]).score
     out["chrf"] = sacrebleu.corpus_chrf(list(predictions), [list(references)]).score
+    out.update(facts.corpus_scores(predictions, references, prompts))
     return out
 
 

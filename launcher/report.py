@@ -9,6 +9,9 @@ Human review round-trips through a CSV that opens in any spreadsheet: ``export_r
 samples with empty rating columns; ``import_review`` checks every row (all problems listed with the
 row number a spreadsheet shows, nothing written on any problem) and folds the ratings into
 ``metrics.json`` under ``human_review``, replacing an earlier import. matplotlib is imported lazily.
+
+Metrics files from older runs lack some quality keys (fact precision and recall came later): every key of
+QUALITY_KEYS still gets a row, showing "n/a" for what the run did not measure.
 """
 
 from __future__ import annotations
@@ -25,9 +28,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from launcher import facts
 from launcher.errors import DataError, NotFoundError, UserInputError
 
-QUALITY_KEYS = ("rouge1", "rouge2", "rougeL", "bleu", "chrf")
+QUALITY_KEYS = ("rouge1", "rouge2", "rougeL", "bleu", "chrf", "fact_precision", "fact_recall")
+QUALITY_NOTE = ("fact_precision: share of an answer's numbers, dates, names and citations that its prompt or reference "
+                "backs; fact_recall: share of the reference's facts the answer kept.")
 CRITERIA = ("factual_accuracy", "tone", "guideline_adherence")
 REVIEW_COLUMNS = ("id", "source", "prompt", "reference", "answer", *CRITERIA, "comment")
 MAX_LISTED_ERRORS = 20
@@ -99,18 +105,40 @@ def write_atomic(path: Path, text: str, encoding: str = "utf-8") -> None:
 
 # --- metrics as rows (shared by the HTML report and the terminal table) ----------------------------
 def quality_rows(metrics: dict[str, Any]) -> list[tuple[str, float | None, float | None, float | None]]:
-    """``(metric, base, tuned, improvement %)`` for ROUGE/BLEU/chrF; empty when the job scored nothing."""
+    """``(metric, base, tuned, improvement %)`` for every quality key (None where the run did not measure
+    it); empty when the job scored nothing."""
     quality = metrics.get("quality") or {}
     base, tuned, gain = quality.get("base") or {}, quality.get("tuned") or {}, quality.get("improvement_pct") or {}
-    return [(key, base.get(key), tuned.get(key), gain.get(key)) for key in QUALITY_KEYS if key in base or key in tuned]
+    if not base and not tuned:
+        return []
+    return [(key, base.get(key), tuned.get(key), gain.get(key)) for key in QUALITY_KEYS]
+
+
+def unmeasured(metrics: dict[str, Any]) -> list[str]:
+    """The quality keys a scored job's metrics lack (written by an older launcher)."""
+    return [key for key, base, tuned, _ in quality_rows(metrics) if base is None and tuned is None]
 
 
 def fmt(value: float | None, digits: int = 2, suffix: str = "") -> str:
     return "n/a" if value is None else f"{value:,.{digits}f}{suffix}"
 
 
-def fmt_change(value: float | None) -> str:
-    return "n/a (base 0)" if value is None else f"{value:+,.1f}%"
+def fmt_change(value: float | None, base: float | None = 0.0) -> str:
+    """A change in %; None is "n/a (base 0)" when the base scored 0, "n/a" when it was not measured."""
+    if value is None:
+        return "n/a" if base is None else "n/a (base 0)"
+    return f"{value:+,.1f}%"
+
+
+def sample_facts(sample: dict[str, Any], side: str) -> tuple[facts.FactCounts, set[facts.Fact]]:
+    """One sample answer's fact counts and the facts neither its prompt nor its reference backs."""
+    prompt = "\n".join(str(t.get("content", "")) for t in sample.get("prompt", []))
+    answer, reference = str(sample.get(side, "")), str(sample.get("reference", ""))
+    return facts.score(answer, reference, prompt), facts.unsupported(answer, prompt, reference)
+
+
+def fact_text(fact: facts.Fact) -> str:
+    return f"{fact.value} {fact.unit}" if fact.unit else fact.value
 
 
 # --- HTML report ------------------------------------------------------------------------------------
@@ -177,8 +205,12 @@ def render_html(model: ModelDir) -> str:
         scored = (m.get("quality") or {}).get("samples_scored")
         parts.append(f"<p class='muted'>Scores 0-100 on {e(str(scored))} held-out examples.</p>" if scored else "")
         parts.append(_table(["metric", "base", "tuned", "change"], [
-            [key, fmt(b), fmt(t), _change_cell(g)] for key, b, t, g in rows
+            [key, fmt(b), fmt(t), _change_cell(g, b)] for key, b, t, g in rows
         ], raw_last=True))
+        parts.append(f"<p class='muted'>{e(QUALITY_NOTE)}</p>")
+        missing = unmeasured(m)
+        if missing:
+            parts.append(f"<p class='muted'>n/a: this run did not measure {e(', '.join(missing))} (an older launcher).</p>")
     else:
         parts.append("<p>No quality metrics (the job had no eval samples).</p>")
     parts.append("<h2>Eval loss</h2>")
@@ -236,6 +268,7 @@ def render_html(model: ModelDir) -> str:
             + (f" · review: {e(scored)}" + (f" · “{e(rating['comment'])}”" if rating.get("comment") else "") if rating else "")
             + "</p>"
         )
+        parts.append(f"<p class='muted'>{e(_facts_line(sample))}</p>")
         parts.append(_table(["prompt", "reference", "base", "tuned"], [[
             prompt_text(sample.get("prompt", [])), sample.get("reference", ""), sample.get("base", ""), sample.get("tuned", ""),
         ]], css="sample"))
@@ -243,9 +276,19 @@ def render_html(model: ModelDir) -> str:
     return "\n".join(p for p in parts if p)
 
 
-def _change_cell(value: float | None) -> str:
+def _change_cell(value: float | None, base: float | None) -> str:
     css = "" if value is None else "up" if value > 0 else "down" if value < 0 else ""
-    return f"<span class='{css}'>{html.escape(fmt_change(value))}</span>"
+    return f"<span class='{css}'>{html.escape(fmt_change(value, base))}</span>"
+
+
+def _facts_line(sample: dict[str, Any]) -> str:
+    """``facts backed / stated, kept / in the reference`` for base and tuned, and what the tuned answer made up."""
+    (base, _), (tuned, made_up) = sample_facts(sample, "base"), sample_facts(sample, "tuned")
+    parts = [f"{side}: {c.supported}/{c.output} facts backed, {c.reproduced}/{c.reference} of the reference's kept"
+             for side, c in (("base", base), ("tuned", tuned))]
+    if made_up:
+        parts.append("tuned states without backing: " + ", ".join(sorted(map(fact_text, made_up))))
+    return " · ".join(parts)
 
 
 def _table(header: list[str], rows: list[list[str]], css: str = "", raw_last: bool = False) -> str:

@@ -55,6 +55,12 @@ def test_report_by_job_id_writes_one_self_contained_html(model_dir):
     assert f"<td>rougeL</td><td class='num'>{base:,.2f}</td><td class='num'>{tuned:,.2f}</td>" in page
     assert re.search(rf"rougeL\s+│\s+{base:,.2f}\s+│\s+{tuned:,.2f}\s+│", result.stdout)
     assert f"{m['eval']['loss_tuned']:,.4f}" in page
+    # Fact precision and recall sit beside ROUGE/BLEU/chrF, with the job's own figures.
+    for key in ("fact_precision", "fact_recall"):
+        base, tuned = m["quality"]["base"][key], m["quality"]["tuned"][key]
+        assert f"<td>{key}</td><td class='num'>{base:,.2f}</td><td class='num'>{tuned:,.2f}</td>" in page
+        assert re.search(rf"{key}\s+│\s+{base:,.2f}\s+│\s+{tuned:,.2f}\s+│", result.stdout)
+    assert "fact_recall: share of the reference&#x27;s facts the answer kept." in page
     assert "Not run: the job had no <code>general_eval</code> dataset." in page
     for sample in samples(model_dir):
         assert f"<b>#{sample['id']}</b>" in page
@@ -69,6 +75,33 @@ def test_report_escapes_model_output(model_dir, tmp_path):
     page = out.read_text(encoding="utf-8")
     assert "<script>" not in page
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; more" in page
+
+
+def test_report_of_an_older_run_without_fact_scores_shows_n_a(model_dir):
+    m = metrics(model_dir)
+    for side in ("base", "tuned", "improvement_pct"):
+        m["quality"][side] = {k: v for k, v in m["quality"][side].items() if not k.startswith("fact_")}
+    (model_dir / "metrics.json").write_text(json.dumps(m), encoding="utf-8")
+    result = cli("report", JOB_ID)
+    assert result.exit_code == 0, result.output
+    page = (model_dir / "report.html").read_text(encoding="utf-8")
+    assert "<td>fact_precision</td><td class='num'>n/a</td><td class='num'>n/a</td><td class='num'><span class=''>n/a</span></td>" in page
+    assert re.search(r"fact_recall\s+│\s+n/a\s+│\s+n/a\s+│\s+n/a\s+│", result.stdout)
+    assert "n/a: this run did not measure fact_precision, fact_recall (an older launcher)." in result.stdout
+    assert f"<td>rougeL</td><td class='num'>{m['quality']['base']['rougeL']:,.2f}</td>" in page
+
+
+def test_report_names_the_facts_a_tuned_answer_got_wrong(model_dir):
+    rows = samples(model_dir)
+    reference = rows[0]["reference"]  # "Client: <name>. Age: <n>. Risk: <risk>. Cash: $<amount>.": 3 facts
+    rows[0]["prompt"][-1]["content"] += " Goal: retire in 2031."  # backs the tuned answer's year
+    rows[0]["tuned"] = re.sub(r"\$[\d,]+", "$777,000", reference.replace("Client: ", "Client: Zed Quinn, not ")) + " Retires in 2031."
+    rows[0]["base"] = reference
+    (model_dir / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    assert cli("report", JOB_ID).exit_code == 0
+    page = (model_dir / "report.html").read_text(encoding="utf-8")
+    assert "base: 3/3 facts backed, 3/3 of the reference&#x27;s kept · tuned: 3/5 facts backed, 2/3 of the reference&#x27;s kept" in page
+    assert "tuned states without backing: 777000 USD, Zed Quinn" in page
 
 
 def test_report_accepts_a_job_dir_or_model_dir_and_prints_json(model_dir, tmp_path):
@@ -149,6 +182,9 @@ def test_review_import_folds_ratings_into_metrics(model_dir, tmp_path):
     assert [r["comment"] for r in review["ratings"]] == ["clear", "", "tone too curt"]
     assert {k: v for k, v in metrics(model_dir).items() if k != "human_review"} == before
     assert re.search(r"tone\s+│\s+3\.33\s+│\s+0\s+│\s+1\s+│\s+0\s+│\s+2\s+│\s+0", result.stdout)
+    # The automatic scores follow, so raters' factual accuracy can be set beside fact precision and recall.
+    fact_precision = before["quality"]["tuned"]["fact_precision"]
+    assert re.search(rf"fact_precision\s+│\s+{before['quality']['base']['fact_precision']:,.2f}\s+│\s+{fact_precision:,.2f}\s+│", result.stdout)
     # Re-importing replaces the previous ratings; the report shows them.
     rate(out, rows, {1: ("1", "1", "1", "")})
     assert cli("review", JOB_ID, "--import", out).exit_code == 0

@@ -40,7 +40,7 @@ def test_finished_job_writes_adapter_metrics_manifest_and_samples(finished_job):
     assert metrics["train"]["tokens_per_s"] > 0 and metrics["train"]["peak_memory_bytes"] > 0
     assert metrics["data"]["train_examples"] + metrics["data"]["eval_examples"] == 48  # seeded held-out split
     for side in ("base", "tuned"):
-        assert set(metrics["quality"][side]) == {"rouge1", "rouge2", "rougeL", "bleu", "chrf"}
+        assert set(metrics["quality"][side]) == {"rouge1", "rouge2", "rougeL", "bleu", "chrf", "fact_precision", "fact_recall"}
     manifest = json.loads((model_dir / "manifest.json").read_text())
     assert manifest["packages"]["peft"] and manifest["packages"]["transformers"]
     assert len(manifest["datasets"]["train"]["sha256"]) == 64

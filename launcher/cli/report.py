@@ -2,7 +2,8 @@
 
 ``report`` writes one self-contained HTML file and prints the base-vs-tuned table (the demo ends with
 it). ``review`` exports the samples to a CSV for human raters and imports their 1-5 ratings back into
-the job's metrics. The logic lives in ``launcher.report``; this module is presentation only.
+the job's metrics, then prints the automatic scores (fact precision and recall among them) for
+comparison. The logic lives in ``launcher.report``; this module is presentation only.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps(summary, indent=2))
             return
         _print_review(summary)
+        print_quality_table(model.metrics, title="Automatic scores, for comparison: base vs tuned")
         typer.echo(f"Imported {summary['count']} rated samples into {model.path / 'metrics.json'}")
 
 
@@ -73,14 +75,14 @@ def print_quality_table(metrics: dict, title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from launcher.report import fmt, fmt_change, quality_rows
+    from launcher.report import QUALITY_NOTE, fmt, fmt_change, quality_rows, unmeasured
 
     table = Table(title=title, title_justify="left")
     for column in ("metric", "base", "tuned", "change"):
         table.add_column(column, justify="left" if column == "metric" else "right")
     for key, base, tuned, gain in quality_rows(metrics):
         style = "green" if gain and gain > 0 else "red" if gain and gain < 0 else None
-        table.add_row(key, fmt(base), fmt(tuned), fmt_change(gain), style=style)
+        table.add_row(key, fmt(base), fmt(tuned), fmt_change(gain, base), style=style)
     evals = metrics.get("eval") or {}
     if evals.get("loss_base") is not None:
         change = (evals["loss_tuned"] - evals["loss_base"]) / evals["loss_base"] * 100 if evals["loss_base"] else None
@@ -95,7 +97,10 @@ def print_quality_table(metrics: dict, title: str) -> None:
     console.print(table)
     scored = (metrics.get("quality") or {}).get("samples_scored")
     if scored:
-        console.print(f"ROUGE/BLEU/chrF (0-100) on {scored} held-out examples.")
+        console.print(f"Scores 0-100 on {scored} held-out examples. {QUALITY_NOTE}", soft_wrap=True)
+    missing = unmeasured(metrics)
+    if missing:
+        console.print(f"n/a: this run did not measure {', '.join(missing)} (an older launcher).", soft_wrap=True)
     if forgetting and forgetting.get("warning"):
         console.print(
             f"Warning: general-text perplexity rose {forgetting['rise_pct']:.1f}% (threshold {forgetting['threshold_pct']:.1f}%): "
