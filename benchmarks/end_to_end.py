@@ -54,6 +54,11 @@ def build_model(folder: Path, shape: dict) -> dict:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     del model
+    import gc
+
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()  # the job runs in another process: leave it the GPU
     return {"seconds": time.perf_counter() - started,
             "bytes": sum(p.stat().st_size for p in folder.iterdir() if p.is_file())}
 

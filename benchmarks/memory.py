@@ -4,7 +4,7 @@
 
 The memory model (launcher/plan.py) was checked against plain transformers + peft. This runs the
 entrypoint's own recipe (``entrypoints.train.Recipe`` on the standard path, random weights, full
-2,048-token rows) for two optimizer steps per configuration, gradient checkpointing on, and compares
+2,048-token rows) for two optimizer steps per configuration, with and without gradient checkpointing, and compares
 ``torch.cuda.max_memory_allocated`` with the model's allocated figure (weights + LoRA state +
 activations + logits). It also counts the decoder layers' checkpoint calls, so a configuration that
 says "checkpointing on" and does not checkpoint shows. ``--shape small`` dry-runs on a CPU.
@@ -29,10 +29,14 @@ from entrypoints import sequences  # noqa: E402
 from launcher import plan  # noqa: E402
 from launcher.spec import TrainConfig  # noqa: E402
 
-CONFIGS = [  # (micro_batch_size, lora_dropout): the checkpointed rows of tests/test_plan.py's H200_PEAKS
-    (8, 0.0),
-    (2, 0.0),
-    (4, 0.05),
+CONFIGS = [  # (micro_batch_size, lora_dropout, gradient checkpointing, max_seq_len): tests/test_plan.py's H200_PEAKS
+    (8, 0.0, True, 2048),
+    (2, 0.0, True, 2048),
+    (4, 0.05, True, 2048),
+    (2, 0.0, False, 2048),
+    (1, 0.0, False, 2048),
+    (1, 0.05, False, 2048),
+    (1, 0.0, False, 4096),
 ]
 
 
@@ -47,16 +51,16 @@ def rows(n: int, vocab: int, length: int, seed: int = 0) -> list[sequences.Token
     return out
 
 
-def measure(shape: dict, micro_batch: int, dropout: float, seq: int, tmp: Path) -> dict:
+def measure(shape: dict, micro_batch: int, dropout: float, checkpointing: bool, seq: int, tmp: Path) -> dict:
     free()
     hp = {"lora_r": 16, "lora_alpha": 32.0, "lora_dropout": dropout, "target_modules": "all-linear", "max_seq_len": seq,
           "micro_batch_size": micro_batch, "gradient_accumulation_steps": 1, "packing": False, "fast_path": "off",
-          "gradient_checkpointing": "on", "max_steps": 2, "checkpoint_every": 10**6, "logging_steps": 10**6,
+          "gradient_checkpointing": "on" if checkpointing else "off", "max_steps": 2, "checkpoint_every": 10**6, "logging_steps": 10**6,
           "max_new_tokens": 16}
     recipe = BenchRecipe(shape, rows(2 * micro_batch, shape["vocab_size"], seq), None, hp, tmp)
     recipe.setup()
     calls = {"n": 0}
-    for layer in recipe.decoder_layers():
+    for layer in recipe.decoder_layers() if checkpointing else ():
         inner = layer._gradient_checkpointing_func
 
         def counted(*args, _inner=inner, **kwargs):
@@ -72,8 +76,8 @@ def measure(shape: dict, micro_batch: int, dropout: float, seq: int, tmp: Path) 
     layers = len(recipe.decoder_layers())
     del recipe
     free()
-    return {"micro_batch_size": micro_batch, "lora_dropout": dropout, "seq": seq, "peak_allocated_gib": peak / 2**30,
-            "checkpoint_calls": calls["n"], "expected_calls": 2 * layers, "seconds": elapsed}
+    return {"micro_batch_size": micro_batch, "lora_dropout": dropout, "checkpointing": checkpointing, "seq": seq, "peak_allocated_gib": peak / 2**30,
+            "checkpoint_calls": calls["n"], "expected_calls": 2 * layers if checkpointing else 0, "seconds": elapsed}
 
 
 def main() -> None:
@@ -87,11 +91,11 @@ def main() -> None:
     model = plan.ModelShape.from_config(dict(shape, model_type="llama"), name=args.shape, source="config")
     report = {"date": time.strftime("%Y-%m-%d"), "gpu": torch.cuda.get_device_name(0) if CUDA else "cpu",
               "command": " ".join(sys.argv), "runs": []}
-    for micro_batch, dropout in CONFIGS:
+    for micro_batch, dropout, checkpointing, seq in CONFIGS:
         with tempfile.TemporaryDirectory() as tmp:
-            result = measure(shape, micro_batch, dropout, 2048, Path(tmp))
-        memory = plan.estimate_memory(model, TrainConfig(micro_batch_size=micro_batch, max_seq_len=2048, lora_dropout=dropout))
-        predicted = memory.weights + memory.lora_state + memory.activations(True) + memory.logits
+            result = measure(shape, micro_batch, dropout, checkpointing, seq, Path(tmp))
+        memory = plan.estimate_memory(model, TrainConfig(micro_batch_size=micro_batch, max_seq_len=seq, lora_dropout=dropout))
+        predicted = memory.weights + memory.lora_state + memory.activations(checkpointing) + memory.logits
         result["predicted_allocated_gib"] = predicted / 2**30
         result["error_pct"] = 100 * (predicted / 2**30 - result["peak_allocated_gib"]) / result["peak_allocated_gib"] if CUDA else None
         report["runs"].append(result)

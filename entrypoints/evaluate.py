@@ -43,8 +43,10 @@ def text_metrics(predictions: Sequence[str], references: Sequence[str], prompts:
 
 
 def improvement_pct(base: dict[str, float], tuned: dict[str, float]) -> dict[str, float | None]:
-    """Relative change of tuned over base in %, None where the base scored 0 (no finite ratio)."""
-    return {k: (100.0 * (tuned[k] - base[k]) / base[k] if base[k] > 0 else None) for k in base}
+    """Relative change of tuned over base in %, None where the base scored 0 (no meaningful ratio).
+    Scores are on a 0-100 scale: below 0.01 counts as 0 (sacrebleu's smoothed BLEU of unrelated text
+    is about 1e-300, whose ratio would print a 300-digit percentage)."""
+    return {k: (100.0 * (tuned[k] - base[k]) / base[k] if base[k] >= 0.01 else None) for k in base}
 
 
 def token_loss(model, batches, forward: Callable) -> tuple[float, int]:

@@ -251,3 +251,11 @@ def test_report_shows_the_forgetting_check(make_job, tmp_path):
     assert re.search(r"general ppl\s+│", result.stdout)
     assert ("<p class='warn'>Perplexity on general text rose by" in page) is forgetting["warning"]
     assert ("may have forgotten general skills" in result.stdout) is forgetting["warning"]
+
+
+def test_a_change_over_a_vanishing_base_score_is_not_a_percentage():
+    from entrypoints import evaluate
+
+    change = evaluate.improvement_pct({"bleu": 1e-300, "chrf": 0.22, "rougeL": 0.0}, {"bleu": 0.002, "chrf": 1.53, "rougeL": 5.0})
+    assert change["bleu"] is None and change["rougeL"] is None  # a smoothed BLEU of ~1e-300 would print 300 digits
+    assert change["chrf"] == pytest.approx(100 * (1.53 - 0.22) / 0.22)
