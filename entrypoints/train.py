@@ -688,6 +688,7 @@ class Recipe:
             "job_name": self.platform.job_name,
             "config": self.config.model_dump(),
             "base_model_resolved": models.resolve(self.config.base_model) if self.config.base_model == "tiny-llama" else self.config.base_model,
+            "base_model_gguf": models.provenance(self.config.base_model),
             "device": self.device,
             "packages": packages,
             "datasets": {name: {"files": [str(p) for p in files], "sha256": datasets_io.fingerprint(files)} for name, files in self.sources.items()},
