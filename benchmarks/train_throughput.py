@@ -239,8 +239,10 @@ class BenchRecipe(train.Recipe):
         self.train_tokens, self.eval_tokens, self.general_tokens = self.data, self.eval_data or [], []
         self.metrics["data"] = {"train_examples": len(self.data)}
 
-    def model_type(self):
-        return "llama"
+    def base_config(self):
+        from transformers import LlamaConfig
+
+        return LlamaConfig(**self.shape)
 
     def load_base(self, attn_implementation):
         return build_base(self.shape, self.config.method, attn=attn_implementation)

@@ -1,9 +1,14 @@
-"""Checkpoints that survive kills: adapter, optimizer, scheduler, RNG states and data position.
+"""Checkpoints that survive kills and file-by-file syncs: adapter, optimizer, scheduler, RNG states,
+data position, and what they were trained on.
 
-Each checkpoint is written to ``step-NNNNNNNN.tmp-<pid>`` and renamed to ``step-NNNNNNNN`` only when
-complete, so a folder without the ``.tmp`` suffix is always whole; a kill mid-write leaves a ``.tmp``
-folder that is ignored and cleaned up. Resuming restores every RNG stream and the data position, so a
-killed-and-resumed run computes exactly what an uninterrupted run computes.
+A checkpoint is complete when its completion marker (``complete.json``, written last, after every
+other file is flushed) is there and every file it lists is there with the listed size. The folder's
+name proves nothing: SageMaker syncs ``/opt/ml/checkpoints`` to S3 file by file and restores it the
+same way, and Cloud Storage FUSE does not rename folders atomically, so a folder can be restored with
+files missing. Locally each checkpoint is still written to ``step-NNNNNNNN.tmp-<pid>`` and renamed.
+Resuming takes the newest complete checkpoint and skips, with a warning, newer partial ones. It restores
+every RNG stream and the data position, so a killed-and-resumed run computes exactly what an
+uninterrupted run computes.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-_COMPLETE = re.compile(r"^step-(\d{8})$")
+_STEP = re.compile(r"^step-(\d{8})$")
+MARKER = "complete.json"
 
 
 def rng_state() -> dict[str, Any]:
@@ -41,7 +47,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save(directory: Path, step: int, *, adapter: dict, optimizer, scheduler, position: dict, keep: int) -> Path:
-    """Write one complete checkpoint atomically, then drop all but the newest ``keep``."""
+    """Write one complete checkpoint (the marker last), then drop all but the newest ``keep``."""
     import torch
     from safetensors.torch import save_file
 
@@ -56,32 +62,66 @@ def save(directory: Path, step: int, *, adapter: dict, optimizer, scheduler, pos
         tmp / "state.pt",
     )
     (tmp / "position.json").write_text(json.dumps(position))
-    for path in tmp.iterdir():
+    files = {}
+    for path in sorted(tmp.iterdir()):
         with path.open("rb") as handle:
             os.fsync(handle.fileno())
+        files[path.name] = path.stat().st_size
+    with (tmp / MARKER).open("w") as handle:  # last: only a checkpoint with every file flushed has it
+        json.dump({"step": step, "files": files}, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
     if final.exists():  # a re-run reaching the same step (after a kill before pruning)
         shutil.rmtree(final)
     os.rename(tmp, final)
     _fsync_dir(directory)
-    for old in complete(directory)[:-keep]:
+    whole = complete(directory)
+    for old in whole[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+    for partial in set(_step_folders(directory)) - set(whole):  # superseded by this complete one
+        shutil.rmtree(partial, ignore_errors=True)
     return final
+
+
+def missing(path: Path) -> str | None:
+    """Why the checkpoint folder ``path`` is not complete (None when it is)."""
+    try:
+        files = json.loads((path / MARKER).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"no readable {MARKER}"
+    for name, size in files.items():
+        if not (path / name).is_file():
+            return f"{name} missing"
+        if (path / name).stat().st_size != size:
+            return f"{name} has {(path / name).stat().st_size} of {size} bytes"
+    return None
+
+
+def _step_folders(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.is_dir() and _STEP.match(p.name))
 
 
 def complete(directory: Path) -> list[Path]:
     """Complete checkpoints, oldest first."""
-    if not directory.is_dir():
-        return []
-    return sorted(p for p in directory.iterdir() if p.is_dir() and _COMPLETE.match(p.name))
+    return [p for p in _step_folders(directory) if missing(p) is None]
 
 
-def latest(directory: Path) -> Path | None:
-    """The newest complete checkpoint; half-written ``.tmp`` folders are removed."""
+def latest(directory: Path, warn=print) -> Path | None:
+    """The newest complete checkpoint. Half-written local ``.tmp`` folders are removed; newer partial
+    checkpoints (a sync cut short) are skipped with a warning."""
     if directory.is_dir():
         for leftover in directory.glob("step-*.tmp-*"):
             shutil.rmtree(leftover, ignore_errors=True)
-    found = complete(directory)
-    return found[-1] if found else None
+    found = None
+    for path in reversed(_step_folders(directory)):
+        why = missing(path)
+        if why is None:
+            found = path
+            break
+        warn(f"warning: checkpoint {path.name} is incomplete ({why}): skipped")
+    return found
 
 
 def load(path: Path) -> tuple[dict, dict, dict]:

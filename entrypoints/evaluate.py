@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 METRICS = ("rouge1", "rouge2", "rougeL", "bleu", "chrf")
 
 
-def text_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+def text_metrics(predictions: Sequence[str], references: Sequence[str], prompts: Sequence[str] | None = None) -> dict[str, float]:
     """ROUGE-1/2/L (mean F1, stemmed) and corpus BLEU and chrF, all on a 0-100 scale."""
     import sacrebleu
     from rouge_score import rouge_scorer
@@ -54,15 +54,21 @@ def perplexity(loss_sum: float, count: int) -> float:
     return math.exp(loss_sum / count) if count else float("nan")
 
 
-def generate(model, tokenizer, prompts: Sequence[list[int]], *, max_new_tokens: int, device: str, batch_size: int = 8) -> list[str]:
-    """Greedy completions for token-id prompts (left-padded batches), special tokens stripped."""
+def generate(model, tokenizer, prompts: Sequence[list[int]], *, max_new_tokens: int, device: str, batch_size: int = 8,
+             stop_token_ids: Sequence[int] | None = None, between_batches: Callable[[], None] | None = None) -> list[str]:
+    """Greedy completions for token-id prompts (left-padded batches), special tokens stripped.
+    Generation stops at any of ``stop_token_ids`` (the chat template's end of turn and EOS; default
+    EOS). ``between_batches`` runs before each batch (the recipe's SIGTERM check: a long generation
+    must not outlast a spot notice)."""
     import torch
 
     model.eval()
     outputs: list[str] = []
     pad = tokenizer.pad_token_id
-    eos = tokenizer.eos_token_id
+    eos = list(stop_token_ids) if stop_token_ids else tokenizer.eos_token_id
     for start in range(0, len(prompts), batch_size):
+        if between_batches is not None:
+            between_batches()
         chunk = prompts[start : start + batch_size]
         width = max(len(p) for p in chunk)
         input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)

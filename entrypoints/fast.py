@@ -16,7 +16,8 @@ What it does, and why each piece is here:
   the output head (picked on the host: no device sync).
 * **Fused kernels** (Liger-Kernel, when installed): RMSNorm, RoPE and SwiGLU, and the fused linear
   cross-entropy, which never materialises the ``tokens x vocab`` logits. Without Liger the loss is a
-  chunked, recomputed linear cross-entropy in plain PyTorch with the same memory shape.
+  chunked, recomputed linear cross-entropy in plain PyTorch with the same memory shape. Either applies
+  final-logit soft-capping (Gemma-2) and, with a LoRA on ``lm_head``, the adapter (chunked only).
 * **No fp32 copies of activations.** peft casts each LoRA layer's input to the adapter's fp32 dtype
   (a full fp32 copy of every adapted activation, kept for backward); under bf16 autocast the LoRA
   matmuls run in bf16 anyway, so the cast is switched off.
@@ -117,15 +118,20 @@ def register_varlen() -> str:
 
 
 def varlen_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, *, cu_seq_lens_q=None,
-                     max_length_q=None, **kwargs):
+                     max_length_q=None, sliding_window=None, softcap=None, **kwargs):
     """A transformers attention function: causal attention within each packed example, the examples
     given by ``cu_seq_lens_q`` offsets into the flattened batch (``sequences.cu_seqlens``). Each token
-    attends to earlier tokens of its own example only, and the kernel does no work across examples.
-    On a GPU it runs PyTorch's FlashAttention varlen kernel; elsewhere, example by example with SDPA."""
+    attends to earlier tokens of its own example only (and, in a layer with a ``sliding_window``, to
+    the last ``sliding_window`` of them, itself included, as transformers' masks do), and the kernel
+    does no work across examples. On a GPU it runs PyTorch's FlashAttention varlen kernel; elsewhere,
+    example by example with SDPA."""
     if cu_seq_lens_q is None or max_length_q is None:
         raise ValueError(f"{VARLEN} attention needs cu_seq_lens_q and max_length_q (the packed examples' offsets)")
     if dropout:
         raise ValueError(f"{VARLEN} attention has no dropout (got {dropout}); set the model's attention_dropout to 0")
+    if softcap is not None:  # the recipe picks FlexAttention for such models; never silently skip it
+        raise ValueError(f"{VARLEN} attention cannot soft-cap attention scores (softcap {softcap})")
+    left = -1 if sliding_window is None else sliding_window - 1
     batch, heads, length, dim = query.shape
     q, k, v = (t.transpose(1, 2).reshape(batch * length, t.shape[1], dim) for t in (query, key, value))
     if q.is_cuda:
@@ -133,13 +139,18 @@ def varlen_attention(module, query, key, value, attention_mask, scaling=None, dr
 
         gqa = {"enable_gqa": True} if "enable_gqa" in _varlen_parameters() else {}  # torch >= 2.12 asks for it
         out = varlen_attn(q, k, v, cu_seq_lens_q, cu_seq_lens_q, max_length_q, max_length_q, scale=scaling,
-                          window_size=(-1, 0), **gqa)
+                          window_size=(left, 0), **gqa)
     else:
         bounds = cu_seq_lens_q.tolist()
+
+        def mask(n: int) -> torch.Tensor:  # causal, within the window
+            distance = torch.arange(n)[:, None] - torch.arange(n)[None, :]
+            return (distance >= 0) & ((distance <= left) if left >= 0 else True)
+
         out = torch.cat([
             torch.nn.functional.scaled_dot_product_attention(
-                q[a:b].transpose(0, 1), k[a:b].transpose(0, 1), v[a:b].transpose(0, 1), is_causal=True, scale=scaling,
-                enable_gqa=True).transpose(0, 1)
+                q[a:b].transpose(0, 1), k[a:b].transpose(0, 1), v[a:b].transpose(0, 1), attn_mask=mask(b - a).to(q.device),
+                scale=scaling, enable_gqa=True).transpose(0, 1)
             for a, b in zip(bounds, bounds[1:])
         ])
     return out.view(batch, length, heads, dim), None
@@ -416,26 +427,34 @@ class Fp8Weight:
         return self._mm(dy, self.wt, self.wt_scale)
 
 
-def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *, use_liger: bool, chunk: int = 4096) -> torch.Tensor:
-    """Sum of cross-entropies of ``hidden @ weight.T`` against ``targets`` (IGNORE = -100 skipped),
-    without keeping the full logits."""
+def linear_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, *, use_liger: bool,
+                         softcap: float | None = None, chunk: int = 4096) -> torch.Tensor:
+    """Sum of cross-entropies of the output head's logits of ``hidden`` against ``targets`` (IGNORE =
+    -100 skipped), without keeping the full logits. ``head`` is the model's output embedding: a plain
+    Linear, or a LoRA layer when ``lm_head`` is adapted (then its adapter is in the logits, and
+    trained). ``softcap``: the final-logit soft-capping of Gemma-2 and others (``cap * tanh(z / cap)``)."""
     hidden = hidden.reshape(-1, hidden.shape[-1])
     targets = targets.reshape(-1)
     if not len(targets):  # a micro-batch without targets: zero, still connected to the graph
         return hidden.sum() * 0.0
-    if use_liger:
+    plain = type(head) is torch.nn.Linear and head.bias is None
+    if use_liger and plain:
         from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
-        return LigerFusedLinearCrossEntropyLoss(reduction="sum", ignore_index=-100)(weight, hidden, targets)
-    return chunked_linear_cross_entropy(hidden, weight, targets, chunk)
+        capped = {"softcap": softcap} if softcap is not None else {}
+        return LigerFusedLinearCrossEntropyLoss(reduction="sum", ignore_index=-100, **capped)(head.weight, hidden, targets)
+    return chunked_linear_cross_entropy(hidden, head, targets, chunk, softcap=softcap)
 
 
-def _chunk_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = torch.nn.functional.linear(hidden, weight).float()
+def _chunk_loss(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    logits = head(hidden).float()
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
     return torch.nn.functional.cross_entropy(logits, targets, ignore_index=-100, reduction="sum")
 
 
-def chunked_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+def chunked_linear_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, chunk: int = 4096,
+                                 softcap: float | None = None) -> torch.Tensor:
     """Plain-PyTorch fallback: logits of one chunk at a time, recomputed in backward."""
     from torch.utils.checkpoint import checkpoint
 
@@ -443,7 +462,7 @@ def chunked_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, tar
     for start in range(0, hidden.shape[0], chunk):
         part = targets[start : start + chunk]
         if bool((part != -100).any()):
-            total = total + checkpoint(_chunk_loss, hidden[start : start + chunk], weight, part, use_reentrant=False)
+            total = total + checkpoint(_chunk_loss, hidden[start : start + chunk], head, part, softcap, use_reentrant=False)
     return total
 
 

@@ -7,7 +7,7 @@ Three contracts, one ``Platform``:
   model in ``SM_MODEL_DIR``, checkpoints in ``/opt/ml/checkpoints`` (synced to S3 by SageMaker), the
   failure reason in ``/opt/ml/output/failure``, hosts in ``SM_HOSTS``/``SM_CURRENT_HOST``.
 * **Vertex AI**: ``AIP_MODEL_DIR``, ``AIP_CHECKPOINT_DIR``, ``AIP_TRAINING_DATA_URI`` /
-  ``AIP_VALIDATION_DATA_URI`` (plus ``LAUNCHER_CHANNEL_<NAME>`` for other channels), hyperparameters as
+  ``AIP_VALIDATION_DATA_URI`` (wildcards match files, plus ``LAUNCHER_CHANNEL_<NAME>`` for other channels), hyperparameters as
   ``--key=value`` arguments, the cluster in ``CLUSTER_SPEC``. ``gs://bucket/path`` is read and written
   through Cloud Storage FUSE at ``/gcs/bucket/path``.
 * **local**: the SageMaker layout rooted at a folder (``--root DIR``), which is what the local backend
@@ -25,6 +25,7 @@ from typing import Any
 from launcher.errors import SpecError
 
 CHANNELS = ("train", "eval", "general_eval")
+PLATFORM_KEY_PREFIXES = ("sagemaker_", "_")  # hyperparameters the platform adds for itself
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,9 @@ def _sagemaker(root: Path, env: dict[str, str], flags: dict[str, str], kind: str
         except json.JSONDecodeError as exc:
             raise SpecError(f"{hp_file}: not valid JSON ({exc.msg}). To fix: write a JSON object of strings") from None
     hyperparameters.update(flags)
+    # SageMaker and its SDKs add their own keys (sagemaker_program, sagemaker_submit_directory,
+    # sagemaker_region, _tuning_objective_metric, ...): they are the platform's, not the job's.
+    hyperparameters = {k: v for k, v in hyperparameters.items() if not k.startswith(PLATFORM_KEY_PREFIXES)}
     use_env = kind == "sagemaker"
     data_root = root / "input" / "data"
     channels: dict[str, Path] = {}
@@ -107,8 +111,13 @@ def _sagemaker(root: Path, env: dict[str, str], flags: dict[str, str], kind: str
         for key, value in env.items():
             if key.startswith("SM_CHANNEL_"):
                 channels[key.removeprefix("SM_CHANNEL_").lower()] = Path(value)
-    hosts = tuple(json.loads(env["SM_HOSTS"])) if use_env and "SM_HOSTS" in env else ()
+    hosts: tuple[str, ...] = ()
     current = env.get("SM_CURRENT_HOST", "")
+    if use_env and "SM_HOSTS" in env:
+        hosts = tuple(json.loads(env["SM_HOSTS"]))
+    elif use_env and (config / "resourceconfig.json").is_file():  # a custom image without the training toolkit
+        resources = json.loads((config / "resourceconfig.json").read_text())
+        hosts, current = tuple(resources.get("hosts", ())), resources.get("current_host", current)
     world = World(
         rank=hosts.index(current) if current in hosts else 0,
         world_size=max(1, len(hosts)),
@@ -177,6 +186,6 @@ def _vertex(env: dict[str, str], flags: dict[str, str]) -> Platform:
 
 
 def _data_path(uri: str, env: dict[str, str]) -> Path:
-    # Vertex may hand a wildcard ("gs://b/data/train-*.jsonl"): read the folder that holds the files.
-    path = gcs_path(uri, env)
-    return path.parent if "*" in path.name else path
+    # Vertex hands managed datasets as wildcards ("gs://b/export/training-*"): the pattern is kept, and
+    # only the files it matches are read (training, validation and test exports share one folder).
+    return gcs_path(uri, env)

@@ -2,10 +2,16 @@
 
 Tokenisation renders each conversation with the base model's chat template piece by piece: the text
 before each assistant turn (with the generation prompt) and the assistant turn itself are tokenised
-separately, exactly as the model will see them at inference (prompt tokenised, answer generated).
-Only assistant tokens are targets; an EOS closes every assistant turn (added when the template does
-not). Targets are stored already shifted (``targets[i]`` is the token to predict at position ``i``),
-so examples can be concatenated without a target ever crossing from one example into the next.
+separately, so the tokens before every assistant turn are exactly the prompt built with
+``add_generation_prompt=True`` at evaluation and serving time (``prompt_ids``; a test checks it for
+ChatML, Llama-3 and ``[INST]`` templates). Only assistant tokens are targets, and each target ends
+with the template's own end-of-turn token (ChatML's ``<|im_end|>``, Llama-3's ``<|eot_id|>``,
+``[INST]`` templates' ``</s>``); what a template writes after it (ChatML's newline) belongs to the next
+prompt and is no target. Only a template that closes assistant turns with no special token gets an
+EOS added, or generation would never stop. A BOS starts every sequence when the model expects one
+(its tokenizer adds one itself, or its template writes one). Targets are stored already shifted
+(``targets[i]`` is the token to predict at position ``i``), so examples can be concatenated without a
+target ever crossing from one example into the next.
 
 Packing puts several short examples in one row of ``max_seq_len`` tokens. Position ids restart at 0
 for each example and every row carries per-token document ids, from which the attention mask is built:
@@ -46,10 +52,51 @@ def render(tokenizer, turns, add_generation_prompt: bool = False) -> str:
     return tokenizer.apply_chat_template(_messages(turns), tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
+@dataclass(frozen=True)
+class ChatFormat:
+    """How a tokenizer's chat template frames an assistant turn."""
+
+    end_of_turn: str | None  # the special token closing an assistant turn; None: the template writes none
+    bos: bool  # whether every sequence starts with BOS (the tokenizer adds one itself, or the template does)
+
+    def stop_token_ids(self, tokenizer) -> list[int]:
+        """Where generation stops: the end-of-turn token and EOS."""
+        ids = [tokenizer.convert_tokens_to_ids(self.end_of_turn)] if self.end_of_turn else []
+        if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+            ids.append(tokenizer.eos_token_id)
+        return ids
+
+
+_PROBE = "Launcher probe answer 7"
+
+
+def chat_format(tokenizer) -> ChatFormat:
+    """The template's end-of-turn token and BOS rule, found by rendering a probe conversation (cached
+    on the tokenizer)."""
+    cached = getattr(tokenizer, "_launcher_chat_format", None)
+    if cached is not None and cached[0] == tokenizer.chat_template:
+        return cached[1]
+    rendered = render(tokenizer, (("user", "Hi"), ("assistant", _PROBE)))
+    after = rendered[rendered.rindex(_PROBE) + len(_PROBE):]
+    specials = {t for t in tokenizer.all_special_tokens if t}
+    specials |= {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special}
+    found = [(after.find(t), -len(t), t) for t in specials if t in after]
+    end_of_turn = min(found)[2] if found else None
+    bos_id = tokenizer.bos_token_id
+    adds_bos = bos_id is not None and tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [bos_id]
+    fmt = ChatFormat(end_of_turn, adds_bos or bool(tokenizer.bos_token and rendered.startswith(tokenizer.bos_token)))
+    try:
+        tokenizer._launcher_chat_format = (tokenizer.chat_template, fmt)
+    except AttributeError:
+        pass
+    return fmt
+
+
 def segments(tokenizer, example: Example) -> list[tuple[str, bool]]:
     """The rendered conversation as (text, is_target) pieces."""
+    fmt = chat_format(tokenizer)
     if example.text is not None:  # general text (forgetting mix): every token is a target
-        return [((tokenizer.bos_token or "") + example.text + (tokenizer.eos_token or ""), True)]
+        return [(example.text + (tokenizer.eos_token or ""), True)]
     pieces: list[tuple[str, bool]] = []
     done = ""
     for index, (role, _) in enumerate(example.messages):
@@ -61,12 +108,22 @@ def segments(tokenizer, example: Example) -> list[tuple[str, bool]]:
             raise ValueError(
                 "the chat template does not render conversations incrementally; cannot locate assistant turns"
             )
-        answer = upto[len(prefix):]
-        if tokenizer.eos_token and tokenizer.eos_token not in answer:
+        answer, after = upto[len(prefix):], ""
+        end = answer.rfind(fmt.end_of_turn) if fmt.end_of_turn else -1
+        if end >= 0:  # the turn's own end token closes the target; what follows belongs to the next prompt
+            answer, after = answer[: end + len(fmt.end_of_turn)], answer[end + len(fmt.end_of_turn):]
+        elif tokenizer.eos_token:  # a template without an end-of-turn token: EOS, or generation runs on
             answer += tokenizer.eos_token
-        pieces += [(prefix[len(done):], False), (answer, True)]
+        pieces += [(prefix[len(done):], False), (answer, True), (after, False)]
         done = upto
     return [(text, target) for text, target in pieces if text]
+
+
+def _with_bos(tokenizer, ids: list[int]) -> list[int]:
+    bos = tokenizer.bos_token_id
+    if chat_format(tokenizer).bos and bos is not None and ids[:1] != [bos]:
+        return [bos, *ids]
+    return ids
 
 
 def tokenize(tokenizer, example: Example, max_seq_len: int) -> Tokenized:
@@ -77,6 +134,9 @@ def tokenize(tokenizer, example: Example, max_seq_len: int) -> Tokenized:
         piece = tokenizer(text, add_special_tokens=False)["input_ids"]
         ids += piece
         is_target += [target] * len(piece)
+    with_bos = _with_bos(tokenizer, ids)
+    if len(with_bos) > len(ids):
+        ids, is_target = with_bos, [False, *is_target]
     truncated = len(ids) > max_seq_len
     ids, is_target = ids[:max_seq_len], is_target[:max_seq_len]
     # Shift: position i predicts token i+1 when token i+1 is a target.
@@ -85,8 +145,9 @@ def tokenize(tokenizer, example: Example, max_seq_len: int) -> Tokenized:
 
 
 def prompt_ids(tokenizer, example: Example) -> list[int]:
-    """The token ids a model sees before it generates the last assistant turn."""
-    return tokenizer(render(tokenizer, example.prompt, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+    """The token ids a model sees before it generates the last assistant turn (as at serving time)."""
+    text = render(tokenizer, example.prompt, add_generation_prompt=True)
+    return _with_bos(tokenizer, tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 # --- rows -------------------------------------------------------------------------------------------

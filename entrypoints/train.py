@@ -22,6 +22,7 @@ Exit codes: 0 done, 1 failed, 2 bad input (one line on stderr; nothing trained),
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -37,7 +38,7 @@ from typing import Any
 
 from entrypoints import checkpoint, evaluate, models, platform, sequences
 from launcher import data as datasets_io
-from launcher.errors import DataError, LauncherError, SpecError, UserInputError
+from launcher.errors import DataError, LauncherError, MissingExtraError, SpecError, UserInputError
 from launcher.spec import INTERRUPTED_EXIT_CODE, TrainConfig
 
 
@@ -52,6 +53,20 @@ class Interrupted(Exception):
 
 def log(message: str) -> None:
     print(message, flush=True)
+
+
+def quiet_library_noise() -> None:
+    """Keep job logs to what matters: bitsandbytes' notice that an optional CPU kernel package is
+    absent (harmless; installing it would download from the Hub), transformers' deprecation of the
+    ``is_gradient_checkpointing`` name that peft still reads, and the per-shard "Loading weights" bar."""
+    import logging
+    import warnings
+
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(lambda record: "kernels-community" not in record.getMessage())
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 class Recipe:
@@ -74,11 +89,25 @@ class Recipe:
     # ------------------------------------------------------------------------------------------------
     def setup(self) -> None:
         self._setup_device()
-        self._setup_data()
-        self._setup_model()
-        self._setup_batches()  # after the model: the fast path sizes micro-batches from measured memory
-        self._setup_optimizer()  # after the batches: the schedule needs the number of steps
-        self._maybe_resume()
+        self._check_imports()  # everything the job will import, evaluation's included, before any training
+        self.resume_from = checkpoint.latest(self.platform.checkpoint_dir, warn=log)
+        with self.phase("tokenise"):
+            self._setup_data()
+        with self.phase("load"):
+            self._setup_model()
+            self._setup_batches()  # after the model: the fast path sizes micro-batches from measured memory
+            self._setup_optimizer()  # after the batches: the schedule needs the number of steps
+            self._maybe_resume()
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        """Wall seconds of one phase of the job, into metrics.json's ``phases_s``."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            phases = self.metrics.setdefault("phases_s", {})
+            phases[name] = phases.get(name, 0.0) + time.perf_counter() - started
 
     def _setup_device(self) -> None:
         import torch
@@ -108,6 +137,23 @@ class Recipe:
         torch.manual_seed(self.config.seed)
         log(f"device {self.device} ({precision}), method {self.config.method}, base {self.config.base_model}, "
             f"{'fast path' if self.fast else 'standard path'}")
+
+    def _check_imports(self) -> None:
+        """Fail in seconds, not after hours of training: a missing evaluation package once cost a whole
+        trained job (the model dir held no adapter)."""
+        import importlib
+
+        cfg = self.config
+        needed = {"peft": "LoRA", "safetensors": "Checkpoints"}
+        if cfg.eval_samples:
+            needed |= {"rouge_score": "Evaluation (ROUGE)", "sacrebleu": "Evaluation (BLEU, chrF)"}
+        if cfg.method == "qlora":
+            needed["bitsandbytes"] = "QLoRA"
+        for module, purpose in needed.items():
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                raise MissingExtraError(module, "train", purpose) from None
 
     def _setup_data(self) -> None:
         cfg = self.config
@@ -200,19 +246,34 @@ class Recipe:
                 raise SpecError("fp8: on needs method lora on the fast path and a GPU with float8 matmuls (compute capability "
                                 f"8.9+: L4, L40S, H100, H200); this run has {lacking}. To fix: fp8: off")
         # Per-example attention: FlashAttention varlen or FlexAttention on a GPU; on the CPU (where
-        # FlexAttention has no backward) the same mask, dense, with SDPA.
-        self.attention = "sdpa"
+        # FlexAttention has no backward) the same mask, dense, with SDPA (eager where the model soft-caps
+        # attention scores, which SDPA cannot).
+        arch = self.base_config()
+        softcap = getattr(arch, "attn_logit_softcapping", None)
+        self.attention = "eager" if softcap else "sdpa"
         if self.fast and self.device == "cuda":
             varlen = fast.varlen_available()
             if cfg.attention == "varlen" and not varlen:
                 raise SpecError("attention: varlen needs PyTorch's FlashAttention varlen kernel (torch >= 2.10) and an Ampere "
                                 "or newer GPU. To fix: attention: auto")
-            self.attention = "varlen" if varlen and cfg.attention != "flex" else "flex"
-        implementation = {"varlen": fast.register_varlen, "flex": lambda: "flex_attention", "sdpa": lambda: "sdpa"}[self.attention]()
+            if cfg.attention == "varlen" and softcap:
+                raise SpecError(f"attention: varlen cannot soft-cap attention scores, which {arch.model_type} does "
+                                f"(attn_logit_softcapping {softcap}). To fix: attention: auto (FlexAttention)")
+            self.attention = "varlen" if varlen and cfg.attention != "flex" and not softcap else "flex"
+        window = sliding_window(arch)
+        if window is not None and window < cfg.max_seq_len and self.attention != "varlen":
+            raise SpecError(f"{arch.model_type} attends within a sliding window of {window} tokens, which the packed-example "
+                            f"mask of attention '{self.attention}' does not apply to sequences of max_seq_len {cfg.max_seq_len}. "
+                            f"To fix: max_seq_len: {window} or less" + ("" if softcap else ", or the GPU fast path with attention: varlen"))
+        implementation = {"varlen": fast.register_varlen, "flex": lambda: "flex_attention"}.get(self.attention, lambda: self.attention)()
         base = self.load_base(attn_implementation=implementation)
+        self.logit_softcap = getattr(base.config, "final_logit_softcapping", None)
         self.model = models.add_lora(
             base, cfg, gradient_checkpointing=self.gradient_checkpointing, upcast_non_quantized=not self.fast
         )
+        # from_pretrained leaves every module in eval mode and the peft wrapper is born in training mode:
+        # without this the decoder layers never checkpoint and LoRA dropout never drops.
+        self.model.train()
         if self.fast:
             fast.disable_lora_input_upcast(self.model)
             fast.fuse_lora(self.model, fp8=cfg.fp8 == "on")
@@ -225,28 +286,31 @@ class Recipe:
         total = sum(p.numel() for p in self.model.parameters())
         log(f"model: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
 
-    def model_type(self) -> str:
+    def base_config(self):
+        """The base model's transformers config (read before the weights, which it helps load)."""
         from transformers import AutoConfig
 
-        return AutoConfig.from_pretrained(models.resolve(self.config.base_model), token=models.hub_token(self.config)).model_type
+        return AutoConfig.from_pretrained(models.resolve(self.config.base_model), token=models.hub_token(self.config))
+
+    def model_type(self) -> str:
+        return self.base_config().model_type
 
     def load_base(self, attn_implementation: str):
         """The frozen base model (the GPU benchmark overrides this to build random weights from a config)."""
         return models.load_base(self.config, self.device, dtype=self.dtype, attn_implementation=attn_implementation)
 
     def _setup_batches(self) -> None:
-        """Rows and micro-batches. Standard path: rows of <= max_seq_len tokens (packed or one example
-        each), micro_batch_size rows a micro-batch. Fast path: one row of exactly micro_batch_tokens
-        tokens a micro-batch."""
+        """Rows and optimizer steps. The spec decides every step, on every path and GPU: rows of at
+        most max_seq_len tokens (packed, or one example each), micro_batch_size x
+        gradient_accumulation_steps rows a step, so the same spec trains the same model wherever it
+        runs. The fast path only decides how a step is split into micro-batches: its examples packed
+        into as few micro-batches of at most micro_batch_tokens tokens (sized from GPU memory) as hold
+        them. The loss is normalised over the step's target tokens, so the split leaves the gradient as is."""
         cfg = self.config
-        self.pad_to = None
-        if not self.fast:
-            self.rows = sequences.make_rows(self.train_tokens, cfg.max_seq_len, cfg.packing)
-            self.rows_per_micro_batch = cfg.micro_batch_size
-        else:
+        self.rows = sequences.make_rows(self.train_tokens, cfg.max_seq_len, cfg.packing)
+        self.rows_per_step = cfg.micro_batch_size * cfg.gradient_accumulation_steps
+        if self.fast:
             self.micro_batch_tokens = self._micro_batch_tokens()
-            self.rows = sequences.pack([len(t) for t in self.train_tokens], self.micro_batch_tokens)
-            self.rows_per_micro_batch, self.pad_to = 1, self.micro_batch_tokens
             self.metrics["fast_path"] = {
                 "micro_batch_tokens": self.micro_batch_tokens,
                 "bytes_per_token": getattr(self, "bytes_per_token", None),
@@ -255,13 +319,11 @@ class Recipe:
                 "gradient_checkpointing": self.gradient_checkpointing,
                 "checkpointed_layers": self.checkpointed_layers(),
             }
-        batches = math.ceil(len(self.rows) / self.rows_per_micro_batch)
-        self.windows_per_epoch = math.ceil(batches / cfg.gradient_accumulation_steps)
+        self.windows_per_epoch = math.ceil(len(self.rows) / self.rows_per_step)
         self.total_steps = cfg.max_steps or self.windows_per_epoch * cfg.epochs
         self.metrics["data"]["packed_rows"] = len(self.rows)
-        log(f"batches: {len(self.rows)} rows"
-            + (f" of {self.micro_batch_tokens} tokens" if self.fast else f" of <= {cfg.max_seq_len} tokens")
-            + f", {self.total_steps} optimizer steps")
+        log(f"batches: {len(self.rows)} rows of <= {cfg.max_seq_len} tokens, {self.rows_per_step} a step, {self.total_steps} optimizer steps"
+            + (f" (micro-batches of <= {self.micro_batch_tokens} tokens)" if self.fast else ""))
 
     def _micro_batch_tokens(self) -> int:
         """Explicit, remembered from the checkpoint being resumed (so a resumed run packs identically),
@@ -273,7 +335,7 @@ class Recipe:
         cfg = self.config
         if cfg.micro_batch_tokens:
             return fast.round_up(max(cfg.micro_batch_tokens, cfg.max_seq_len))
-        found = checkpoint.latest(self.platform.checkpoint_dir)
+        found = self.resume_from
         if found is not None:
             position = json.loads((found / "position.json").read_text())
             if position.get("micro_batch_tokens"):
@@ -286,6 +348,8 @@ class Recipe:
             return fast.round_up(4 * cfg.max_seq_len)
         total = torch.cuda.get_device_properties(0).total_memory
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        # No micro-batch need hold more than one optimizer step.
+        self.budget_cap = min(BUDGET_CAP[cfg.method], fast.round_up(self.config.micro_batch_size * cfg.gradient_accumulation_steps * cfg.max_seq_len))
         if cfg.max_memory_gib is not None:
             return self._fit_memory_target(min(0.95 * total, cfg.max_memory_gib * 2**30), trainable)
         standard = self._qlora_memory_target()
@@ -297,7 +361,7 @@ class Recipe:
             available = 0.95 * total - reserve - torch.cuda.memory_allocated()
             budget, self.bytes_per_token = fast.choose_budget(
                 self._probe, probe_tokens=probe_tokens, max_seq_len=cfg.max_seq_len, available_bytes=available,
-                cap=BUDGET_CAP[cfg.method],
+                cap=self.budget_cap,
             )
             fits = budget * self.bytes_per_token <= available
             if fits or self.gradient_checkpointing or cfg.gradient_checkpointing == "off" or attempt:
@@ -345,7 +409,7 @@ class Recipe:
         per_layer = max(1, math.ceil((peaks[-1] - peaks[-2]) / probe_tokens))
         per_token = math.ceil(peaks[0] / probe_tokens)
         budget, kept = fast.fit_layers(per_token, per_layer, layers, available, max_seq_len=cfg.max_seq_len,
-                                       cap=BUDGET_CAP[cfg.method])
+                                       cap=self.budget_cap)
         self.checkpoint_layers(layers - kept)
         self.bytes_per_token = per_token + kept * per_layer
         log(f"memory target {target / 2**30:.1f} GiB: {budget} tokens a micro-batch, {layers - kept} of {layers} layers "
@@ -410,21 +474,42 @@ class Recipe:
             num_warmup_steps=math.ceil(cfg.warmup_ratio * self.total_steps), num_training_steps=self.total_steps,
         )
         self.step, self.epoch, self.window = 0, 0, 0
+        self.saved_step = None
 
     def _maybe_resume(self) -> None:
         from peft import set_peft_model_state_dict
 
-        found = checkpoint.latest(self.platform.checkpoint_dir)
+        found = self.resume_from
         if found is None:
             return
         adapter, state, position = checkpoint.load(found)
+        self._check_same_training(found, position.get("trained_on"))
         set_peft_model_state_dict(self.model, adapter)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         checkpoint.set_rng_state(state["rng"])
         self.step, self.epoch, self.window = position["step"], position["epoch"], position["window"]
         self.loss_curve = position["loss_curve"]
+        self.saved_step = self.step
         log(f"resumed from {found.name}: step {self.step}/{self.total_steps}, epoch {self.epoch}")
+
+    def trained_on(self) -> dict[str, Any]:
+        """What defines this training: the settings that shape the adapter and the data's content."""
+        channels = ["train"] + (["general_eval"] if self.config.general_mix > 0 else [])
+        return {"config": self.config.training_settings(),
+                "data": {name: datasets_io.fingerprint(self.sources[name]) for name in channels}}
+
+    def _check_same_training(self, found: Path, stored: dict | None) -> None:
+        """Resuming another training's checkpoint would silently mix two runs: refuse it."""
+        current = self.trained_on()
+        if stored is None or stored == current:
+            return  # (None: written before checkpoints recorded it)
+        changed = [f"{k} {stored['config'].get(k)!r} -> {v!r}" for k, v in current["config"].items() if stored["config"].get(k) != v]
+        changed += [f"the {name} data's content" for name in current["data"] if stored["data"].get(name) != current["data"][name]]
+        raise SpecError(
+            f"checkpoint {found} was written by a different training ({'; '.join(changed) or 'settings differ'}); resuming "
+            "would mix the two. To fix: start a new run (launcher train --new-run), or restore the original config and data"
+        )
 
     # ------------------------------------------------------------------------------------------------
     # train
@@ -445,8 +530,9 @@ class Recipe:
                 # Logits only where there is a target (prompt tokens have none): the rows are picked on the
                 # host copy of the targets, so the device never waits.
                 keep = (batch["targets"].flatten() != sequences.IGNORE).nonzero().flatten().to(self.device, non_blocking=True)
-                loss_sum = fast.linear_cross_entropy(hidden.flatten(0, 1).index_select(0, keep), base.get_output_embeddings().weight,
-                                                     targets.flatten().index_select(0, keep), use_liger=self.use_liger)
+                loss_sum = fast.linear_cross_entropy(hidden.flatten(0, 1).index_select(0, keep), base.get_output_embeddings(),
+                                                     targets.flatten().index_select(0, keep), use_liger=self.use_liger,
+                                                     softcap=self.logit_softcap)
             else:
                 logits = model(input_ids=input_ids, position_ids=positions, **self._attention_inputs(batch)).logits
                 loss_sum = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=sequences.IGNORE, reduction="sum")
@@ -455,13 +541,20 @@ class Recipe:
     def _attention_inputs(self, batch: dict) -> dict:
         """How the decoder keeps each packed example to itself: the examples' offsets for the varlen
         kernel (computed on the host copy of doc_ids), else a block-diagonal causal mask."""
+        import torch
+
         if self.attention == "varlen":
             offsets, longest = sequences.cu_seqlens(batch["doc_ids"])
             offsets = offsets.to(self.device, non_blocking=True)
             return {"attention_mask": None, "cu_seq_lens_q": offsets, "cu_seq_lens_k": offsets,
                     "max_length_q": longest, "max_length_k": longest}
         doc_ids = batch["doc_ids"].to(self.device, non_blocking=True)
-        return {"attention_mask": sequences.block_mask(doc_ids) if self.attention == "flex" else sequences.dense_mask(doc_ids)}
+        if self.attention == "flex":
+            return {"attention_mask": sequences.block_mask(doc_ids)}
+        mask = sequences.dense_mask(doc_ids)
+        if self.attention == "eager":  # eager attention adds its mask to the scores
+            mask = torch.zeros(mask.shape, dtype=self.dtype, device=mask.device).masked_fill_(~mask, torch.finfo(self.dtype).min)
+        return {"attention_mask": mask}
 
     def accumulate(self, micro_batches: list[dict]) -> tuple[Any, int]:
         """Backward over one optimizer step's micro-batches, normalised by the window's target tokens,
@@ -477,19 +570,37 @@ class Recipe:
 
     def collate_window(self, window: list[list[list[int]]]) -> list[dict]:
         """One optimizer step's micro-batches as tensors; pinned on a GPU, so forward copies them
-        without blocking the host."""
-        micro = [sequences.collate(rows, self.train_tokens, self.tokenizer.pad_token_id, width=self.pad_to) for rows in window]
+        without blocking the host. Fast-path rows are padded to whole attention blocks (to the full
+        budget under torch_compile, whose compiled layers want one shape)."""
+        pad = self.tokenizer.pad_token_id
+        if self.fast:
+            from entrypoints import fast
+
+            width = self.micro_batch_tokens if self.config.torch_compile == "layers" else None
+            micro = [sequences.collate(rows, self.train_tokens, pad, multiple=fast.BLOCK, width=width) for rows in window]
+        else:
+            micro = [sequences.collate(rows, self.train_tokens, pad) for rows in window]
         if self.device == "cuda":
             micro = [{k: v.pin_memory() for k, v in b.items()} for b in micro]
         return micro
 
     def epoch_windows(self, epoch: int) -> list[list[list[list[int]]]]:
-        """The epoch's optimizer steps: windows of micro-batches of rows, in a seeded per-epoch order."""
+        """The epoch's optimizer steps: windows of micro-batches of rows, in a seeded per-epoch order.
+        Every path makes the same steps from the same rows; the fast path then repacks each step's
+        examples into micro-batches of one row of at most micro_batch_tokens tokens."""
         order = list(range(len(self.rows)))
         random.Random(self.config.seed * 1000 + epoch).shuffle(order)
-        mb, ga = self.rows_per_micro_batch, self.config.gradient_accumulation_steps
+        mb, ga = self.config.micro_batch_size, self.config.gradient_accumulation_steps
         batches = [[self.rows[i] for i in order[s : s + mb]] for s in range(0, len(order), mb)]
-        return [batches[s : s + ga] for s in range(0, len(batches), ga)]
+        windows = [batches[s : s + ga] for s in range(0, len(batches), ga)]
+        if not self.fast:
+            return windows
+        repacked = []
+        for window in windows:
+            examples = [i for batch in window for row in batch for i in row]
+            bins = sequences.pack([len(self.train_tokens[i]) for i in examples], self.micro_batch_tokens)
+            repacked.append([[[examples[j] for j in b]] for b in bins])
+        return repacked
 
     def train(self) -> None:
         import torch
@@ -504,6 +615,7 @@ class Recipe:
         bar = tqdm(total=self.total_steps, initial=self.step, desc="Training", unit="step", disable=None, dynamic_ncols=True)
         if self.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
+        self.model.train()  # every module: evaluation (a resumed run's, a probe's) leaves them in eval mode
         while self.step < self.total_steps:  # with max_steps, epochs continue until the step budget is spent
             windows = self.epoch_windows(self.epoch)
             upcoming = None  # the next step's micro-batches, collated while the device runs this one
@@ -512,8 +624,6 @@ class Recipe:
                     bar.close()
                     self._checkpoint()
                     raise Interrupted(f"stopped at step {self.step}")
-                if not self.model.training:
-                    self.model.train()
                 micro = upcoming or self.collate_window(windows[self.window])
                 loss_sum, n_targets = self.accumulate(micro)
                 following = self.window + 1
@@ -545,11 +655,13 @@ class Recipe:
             if self.window >= len(windows):
                 self.epoch, self.window = self.epoch + 1, 0
         bar.close()
-        self._checkpoint()  # the finished state: a restart after this goes straight to evaluation
+        if self.saved_step != self.step:
+            self._checkpoint()  # the finished state: a restart after this goes straight to evaluation
         elapsed = time.perf_counter() - started
         self.metrics["train"] = {
             "steps": self.step,
-            "epochs": cfg.epochs,
+            "max_steps": cfg.max_steps,
+            "epochs": round(self.step / self.windows_per_epoch, 4),  # as trained: max_steps overrides epochs
             "examples": len(self.train_tokens),
             "target_tokens": sum(t.n_targets for t in self.train_tokens),
             "tokens_per_s": self.tokens_seen / elapsed if self.tokens_seen else 0.0,
@@ -562,6 +674,7 @@ class Recipe:
         from peft import get_peft_model_state_dict
 
         position = {"step": self.step, "epoch": self.epoch, "window": self.window, "loss_curve": self.loss_curve,
+                    "trained_on": self.trained_on(),
                     "micro_batch_tokens": getattr(self, "micro_batch_tokens", None),
                     "checkpointed_layers": self.checkpointed_layers() if self.fast else None}
         path = checkpoint.save(
@@ -569,6 +682,7 @@ class Recipe:
             adapter=get_peft_model_state_dict(self.model), optimizer=self.optimizer, scheduler=self.scheduler,
             position=position, keep=self.config.keep_checkpoints,
         )
+        self.saved_step = self.step
         log(f"checkpoint {path.name}")
 
     # ------------------------------------------------------------------------------------------------
@@ -601,16 +715,23 @@ class Recipe:
                     f"{cfg.forgetting_threshold_pct:.1f}%). Consider general_mix > 0, fewer epochs or a lower learning rate")
         self._check_stop()
 
-        picks = list(range(len(self.eval_examples)))
+        # Prompts whole, as training saw them: an example whose prompt does not fit max_seq_len was never
+        # trained on either (it had no answer left), so it is not generated for.
+        fitting = [e for e in self.eval_examples if len(sequences.prompt_ids(self.tokenizer, e)) < cfg.max_seq_len]
+        if len(fitting) < len(self.eval_examples):
+            log(f"generation: {len(self.eval_examples) - len(fitting)} eval example(s) skipped: their prompts exceed max_seq_len")
+        picks = list(range(len(fitting)))
         random.Random(cfg.seed + 2).shuffle(picks)
-        chosen = [self.eval_examples[i] for i in sorted(picks[: cfg.eval_samples])]
-        budget = max(1, cfg.max_seq_len - cfg.max_new_tokens)
-        prompts = [sequences.prompt_ids(self.tokenizer, e)[-budget:] for e in chosen]
-        if self.attention != "sdpa":  # generation has no packed examples: plain SDPA with a padding mask
+        chosen = [fitting[i] for i in sorted(picks[: cfg.eval_samples])]
+        prompts = [sequences.prompt_ids(self.tokenizer, e) for e in chosen]
+        if self.attention not in ("sdpa", "eager"):  # generation has no packed examples: a plain padding mask
             self.model.get_base_model().set_attn_implementation("sdpa")
+        stop = sequences.chat_format(self.tokenizer).stop_token_ids(self.tokenizer)
 
         def generate() -> list[str]:
-            return evaluate.generate(self.model, self.tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, device=self.device)
+            return evaluate.generate(self.model, self.tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, device=self.device,
+                                     stop_token_ids=stop, between_batches=self._check_stop,
+                                     batch_size=32 if self.device == "cuda" else 8)
 
         self.model.config.use_cache = True
         tuned_out = generate() if chosen else []
@@ -619,7 +740,10 @@ class Recipe:
         self.model.config.use_cache = False
         references = [e.reference for e in chosen]
         if chosen:
-            base, tuned = evaluate.text_metrics(base_out, references), evaluate.text_metrics(tuned_out, references)
+            # Fact precision counts a fact as supported when the prompt (every turn before the answer) states it.
+            sources = ["\n".join(content for _, content in e.prompt) for e in chosen]
+            base = evaluate.text_metrics(base_out, references, prompts=sources)
+            tuned = evaluate.text_metrics(tuned_out, references, prompts=sources)
             self.metrics["quality"] = {"base": base, "tuned": tuned, "improvement_pct": evaluate.improvement_pct(base, tuned), "samples_scored": len(chosen)}
         self.samples = [
             {"id": n, "prompt": [{"role": r, "content": c} for r, c in e.prompt], "reference": e.reference,
@@ -632,8 +756,11 @@ class Recipe:
         """Packed batches for a loss pass (packing does not change per-example losses: the mask isolates)."""
         pad = self.tokenizer.pad_token_id
         if self.fast:
+            from entrypoints import fast
+
+            width = self.micro_batch_tokens if self.config.torch_compile == "layers" else None
             rows = sequences.pack([len(t) for t in tokens], self.micro_batch_tokens)
-            return [sequences.collate([row], tokens, pad, width=self.micro_batch_tokens) for row in rows]
+            return [sequences.collate([row], tokens, pad, multiple=fast.BLOCK, width=width) for row in rows]
         rows = sequences.make_rows(tokens, self.config.max_seq_len, packing=True)
         step = self.config.micro_batch_size
         return [sequences.collate(rows[s : s + step], tokens, pad) for s in range(0, len(rows), step)]
@@ -645,14 +772,21 @@ class Recipe:
     # ------------------------------------------------------------------------------------------------
     # save
     # ------------------------------------------------------------------------------------------------
-    def save(self) -> dict[str, Any]:
-        cfg = self.config
+    def save_adapter(self) -> None:
+        """The trained adapter and its tokenizer, before evaluation: an evaluation that fails loses no
+        training (metrics.json, written last by ``save``, is what marks the model dir done)."""
         out = self.platform.model_dir
         out.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(out)
         self.tokenizer.save_pretrained(out)
+        log(f"adapter saved in {out}")
+
+    def save(self) -> dict[str, Any]:
+        cfg = self.config
+        out = self.platform.model_dir
         if cfg.merge:
-            self._save_merged(out / "merged")
+            with self.phase("merge"):
+                self._save_merged(out / "merged")
         checkpoint.write_atomic(out / "samples.jsonl", "".join(json.dumps(s) + "\n" for s in self.samples))
         checkpoint.write_atomic(out / "manifest.json", json.dumps(self._manifest(), indent=2))
         metrics = {"schema": 1, "base_model": cfg.base_model, "method": cfg.method, **self.metrics, "loss_curve": self.loss_curve}
@@ -676,6 +810,7 @@ class Recipe:
             torch.cuda.empty_cache()
 
     def _manifest(self) -> dict[str, Any]:
+        chat = sequences.chat_format(self.tokenizer)
         packages = {}
         for name in ("launcher", "torch", "transformers", "peft", "bitsandbytes", "accelerate", "tokenizers", "rouge_score", "sacrebleu"):
             try:
@@ -690,9 +825,23 @@ class Recipe:
             "base_model_resolved": models.resolve(self.config.base_model) if self.config.base_model == "tiny-llama" else self.config.base_model,
             "base_model_gguf": models.provenance(self.config.base_model),
             "device": self.device,
+            "chat": {"end_of_turn": chat.end_of_turn, "bos": chat.bos, "stop_token_ids": chat.stop_token_ids(self.tokenizer)},
             "packages": packages,
             "datasets": {name: {"files": [str(p) for p in files], "sha256": datasets_io.fingerprint(files)} for name, files in self.sources.items()},
         }
+
+
+def sliding_window(config) -> int | None:
+    """The attention window some layers of this architecture use (None: every layer attends to the whole
+    sequence). Qwen2 and others set ``sliding_window`` but turn it off (``use_sliding_window``, or no
+    sliding layer among ``layer_types``)."""
+    window = getattr(config, "sliding_window", None)
+    if not window:
+        return None
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        return window if "sliding_attention" in layer_types else None
+    return window if getattr(config, "use_sliding_window", True) else None
 
 
 def _peak_memory(device: str) -> int:
@@ -731,6 +880,7 @@ def summary(metrics: dict[str, Any]) -> None:
 
 def run(plat: platform.Platform, config: TrainConfig, on_step: Callable[[int], None] | None = None, install_signals: bool = True) -> dict[str, Any]:
     """Set up, train, evaluate and save; raise Interrupted after a SIGTERM checkpoint."""
+    quiet_library_noise()
     recipe = Recipe(plat, config, on_step=on_step)
     if install_signals:
         def request_stop(signum, frame):  # noqa: ARG001
@@ -739,8 +889,12 @@ def run(plat: platform.Platform, config: TrainConfig, on_step: Callable[[int], N
 
         signal.signal(signal.SIGTERM, request_stop)
     recipe.setup()
-    recipe.train()
-    recipe.evaluate()
+    with recipe.phase("train"):
+        recipe.train()
+    with recipe.phase("save"):
+        recipe.save_adapter()
+    with recipe.phase("evaluate"):
+        recipe.evaluate()
     return recipe.save()
 
 

@@ -56,8 +56,14 @@ class Example:
 
 
 def dataset_files(uri: str | Path) -> list[Path]:
-    """The JSONL files of a dataset: a file, or every ``*.jsonl`` in a folder (a SageMaker channel)."""
+    """The JSONL files of a dataset: a file, every ``*.jsonl`` in a folder (a SageMaker channel), or
+    the files a wildcard in the last part matches (Vertex AI's ``gs://b/export/training-*``)."""
     path = Path(uri)
+    if any(c in path.name for c in "*?["):
+        files = sorted(p for p in path.parent.glob(path.name) if p.is_file())
+        if not files:
+            raise NotFoundError(f"no dataset file matches '{path}'. To fix: check the pattern and the folder")
+        return files
     if path.is_dir():
         files = sorted(p for p in path.rglob("*.jsonl") if p.is_file())
         if not files:

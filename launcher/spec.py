@@ -17,9 +17,9 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from launcher import catalog
 from launcher.errors import NotFoundError, SpecError, did_you_mean
@@ -118,6 +118,25 @@ class Hyperparameters(StrictModel):
             raise ValueError("needs at least one module name, or 'all-linear'")
         return value
 
+    @model_validator(mode="after")
+    def _room_for_a_prompt(self) -> Hyperparameters:
+        # Evaluation generates up to max_new_tokens after the prompt; an answer that long could never
+        # have been trained on (training rows hold max_seq_len tokens, prompt included).
+        if self.max_new_tokens >= self.max_seq_len:
+            raise ValueError(
+                f"max_new_tokens ({self.max_new_tokens}) must be below max_seq_len ({self.max_seq_len}): training rows "
+                "hold the prompt and the answer in max_seq_len tokens. To fix: lower max_new_tokens or raise max_seq_len"
+            )
+        return self
+
+    # Settings that change how a run is carried out or scored, not the adapter it trains: a resumed run
+    # may change them (the job identity ignores them too). Every other key defines the training.
+    RUN_ONLY: ClassVar[frozenset[str]] = frozenset({
+        "eval_samples", "review_samples", "max_new_tokens", "forgetting_threshold_pct", "merge", "checkpoint_every",
+        "keep_checkpoints", "logging_steps", "gradient_checkpointing", "fast_path", "attention", "micro_batch_tokens",
+        "kernels", "torch_compile", "max_memory_gib",
+    })
+
 
 class TrainConfig(Hyperparameters):
     """What the training container receives: the base model, the method and the hyperparameters."""
@@ -125,6 +144,12 @@ class TrainConfig(Hyperparameters):
     base_model: str = "tiny-llama"
     method: Literal["lora", "qlora"] = "lora"
     hf_token_env: str = "HF_TOKEN"  # the NAME of the environment variable holding a Hub token
+
+    RUN_ONLY: ClassVar[frozenset[str]] = Hyperparameters.RUN_ONLY | {"hf_token_env"}
+
+    def training_settings(self) -> dict[str, Any]:
+        """The settings that define what is trained (everything but ``RUN_ONLY``), JSON-ready."""
+        return {k: v for k, v in self.model_dump(mode="json").items() if k not in self.RUN_ONLY}
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any], source: str = "hyperparameters") -> TrainConfig:
@@ -143,6 +168,13 @@ class TrainConfig(Hyperparameters):
 
 
 def _decode_string_value(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    if len(value) >= 2 and value[0] == value[-1] == '"':  # the SageMaker SDKs JSON-encode every value
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return value
     if isinstance(value, str) and value.lower() in {"none", "null"}:
         return None
     return value
@@ -351,6 +383,8 @@ def spec_error(exc: ValidationError, model: type[BaseModel], source: str) -> Spe
     if first["type"] == "missing":
         return SpecError(f"{source}: missing required key '{dotted}'. To fix: add it{more}")
     message = first["msg"].removeprefix("Value error, ")
+    if "To fix:" in message:  # a check across keys says itself what is wrong and how to fix it
+        return SpecError(f"{source}: {f'{dotted}: ' if loc else ''}{message}{more}")
     value = first.get("input")
     shown = f" {value!r}" if len(repr(value)) <= 60 else ""
     return SpecError(f"{source}: '{dotted}' ={shown} is not valid: {message}. To fix: change '{dotted}'{more}")

@@ -61,7 +61,8 @@ def test_vertex_env_gcs_mount_and_cluster_spec(tmp_path):
     assert plat.kind == "vertex" and plat.job_name == "123"
     assert plat.model_dir == mount / "bucket/jobs/j1/model"
     assert plat.checkpoint_dir == mount / "bucket/jobs/j1/checkpoints"
-    assert plat.channels == {"train": mount / "bucket/data", "eval": mount / "bucket/data/eval.jsonl", "general_eval": mount / "bucket/data/general"}
+    assert plat.channels == {"train": mount / "bucket/data/train-*.jsonl", "eval": mount / "bucket/data/eval.jsonl",
+                             "general_eval": mount / "bucket/data/general"}
     assert plat.world.world_size == 3 and plat.world.rank == 2 and plat.world.master_addr == "host-a"
     assert TrainConfig.from_mapping(plat.hyperparameters).learning_rate == 0.001
 
@@ -84,3 +85,42 @@ def test_no_platform_is_a_clear_error(tmp_path, monkeypatch):
 def test_unknown_hyperparameter_suggests_the_nearest_key():
     with pytest.raises(SpecError, match="unknown key 'learning_rat'. Did you mean 'learning_rate'"):
         TrainConfig.from_mapping({"learning_rat": "1e-4"})
+
+
+def test_vertex_wildcards_read_only_the_files_they_match(tmp_path):
+    """A managed dataset's export puts training, validation and test files in one folder."""
+    from conftest import summary_records, write_jsonl
+
+    from launcher import data
+
+    export = tmp_path / "gcs/b/export"
+    for split, n in (("training", 30), ("validation", 5), ("test", 7)):
+        write_jsonl(export / f"{split}-00000-of-00001.jsonl", summary_records(n, seed=len(split)))
+    env = {"AIP_MODEL_DIR": "gs://b/model/", "LAUNCHER_GCS_MOUNT": str(tmp_path / "gcs"),
+           "AIP_TRAINING_DATA_URI": "gs://b/export/training-*", "AIP_VALIDATION_DATA_URI": "gs://b/export/validation-*"}
+    plat = platform.detect([], env)
+    assert len(data.load_examples(plat.channels["train"])) == 30
+    assert len(data.load_examples(plat.channels["eval"])) == 5
+    with pytest.raises(Exception, match="no dataset file matches"):
+        data.dataset_files(export / "missing-*")
+
+
+def test_sagemaker_hyperparameters_as_the_platform_writes_them(tmp_path):
+    """The SDKs JSON-encode every value and add keys of their own; a custom image without the training
+    toolkit has no SM_HOSTS, only resourceconfig.json."""
+    root = tmp_path / "opt-ml"
+    (root / "input/config").mkdir(parents=True)
+    (root / "input/config/hyperparameters.json").write_text(json.dumps({
+        "lr_scheduler": '"linear"', "epochs": "2", "packing": "False", "use_rslora": "True", "learning_rate": '"0.0003"',
+        "sagemaker_program": '"train.py"', "sagemaker_submit_directory": '"s3://b/src.tar.gz"', "sagemaker_region": '"eu-west-1"',
+        "sagemaker_container_log_level": "20", "_tuning_objective_metric": '"eval_loss"',
+    }))
+    (root / "input/config/resourceconfig.json").write_text(json.dumps(
+        {"current_host": "algo-2", "hosts": ["algo-1", "algo-2"], "network_interface_name": "eth0"}))
+    plat = platform.detect([], {"SM_ROOT": str(root), "TRAINING_JOB_NAME": "j"})
+    config = TrainConfig.from_mapping(plat.hyperparameters)
+    assert (config.lr_scheduler, config.epochs, config.packing, config.use_rslora, config.learning_rate) == ("linear", 2, False, True, 3e-4)
+    assert plat.world.hosts == ("algo-1", "algo-2") and plat.world.rank == 1 and plat.world.world_size == 2
+    # A genuinely unknown launcher key is still an error with a hint.
+    with pytest.raises(SpecError, match="unknown key 'lora_rank'. Did you mean 'lora_r'"):
+        TrainConfig.from_mapping({**plat.hyperparameters, "lora_rank": '"8"'})

@@ -46,7 +46,8 @@ def test_only_assistant_tokens_are_targets_and_each_ends_with_eos(tokenizer):
     example = chat(("system", "Be brief."), ("user", "Hi there"), ("assistant", "Hello client."),
                    ("user", "Balance?"), ("assistant", "It is $5,000."))
     tok = sequences.tokenize(tokenizer, example, max_seq_len=512)
-    assert target_text(tokenizer, tok) == ["Hello client.</s>\n", "It is $5,000.</s>\n"]
+    # The newline the template writes after the end of the turn belongs to the next prompt.
+    assert target_text(tokenizer, tok) == ["Hello client.</s>", "It is $5,000.</s>"]
     # Prompt text never appears among targets; the full sequence is the rendered template.
     assert tokenizer.decode(tok.input_ids) == sequences.render(tokenizer, example.messages)
     assert not tok.truncated
@@ -176,3 +177,117 @@ def test_block_mask_from_document_ids_equals_the_mask_function(tokenizer):
         docs = torch.where(doc_ids < 0, doc_ids.max() + 1, doc_ids)
         reference = create_block_mask(lambda b, h, q, k: (docs[b, q] == docs[b, k]) & (q >= k), 2, None, length, length, device="cpu")
         assert torch.equal(sequences.block_mask(doc_ids).to_dense(), reference.to_dense())
+
+# --- chat templates whose turn end is not EOS ----------------------------------------------------------
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+LLAMA3 = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
+# Llama-2 / Mistral: the system prompt folded into the first user turn, BOS before each [INST], EOS after each answer.
+INST = (
+    "{% if messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}{% set messages = messages[1:] %}"
+    "{% else %}{% set system = '' %}{% endif %}"
+    "{% for message in messages %}{% if message['role'] == 'user' %}"
+    "{% if loop.first and system %}{% set content = '<<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' + message['content'] %}"
+    "{% else %}{% set content = message['content'] %}{% endif %}"
+    "{{ bos_token + '[INST] ' + content | trim + ' [/INST]' }}"
+    "{% else %}{{ ' ' + message['content'] | trim + ' ' + eos_token }}{% endif %}{% endfor %}"
+)
+TEMPLATES = {"chatml": (CHATML, "<|im_end|>"), "llama3": (LLAMA3, "<|eot_id|>"), "inst": (INST, "</s>")}
+
+
+def templated_tokenizer(template: str, adds_bos: bool = False):
+    """tiny-llama's BPE with another family's special tokens and chat template (built offline)."""
+    from tokenizers import processors
+
+    from entrypoints import tiny_llama
+
+    tok = tiny_llama.build_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>", "<|start_header_id|>",
+                                                          "<|end_header_id|>", "<|eot_id|>", "[INST]", "[/INST]"]})
+    tok.chat_template = template
+    if adds_bos:  # a tokenizer that puts BOS in front by itself, as Llama-2's and Mistral's do
+        tok._tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.bos_token_id)])
+    return tok
+
+
+CONVERSATION = chat(("system", "Be brief."), ("user", "Claim for Ann Lee?"), ("assistant", "Ann Lee: knee, 30 days."),
+                    ("user", "And the amount?"), ("assistant", "It is $5,000."))
+
+
+@pytest.mark.parametrize("family", sorted(TEMPLATES))
+def test_each_assistant_target_ends_with_the_templates_own_end_of_turn(family):
+    template, end = TEMPLATES[family]
+    tokenizer = templated_tokenizer(template)
+    assert sequences.chat_format(tokenizer).end_of_turn == end
+    tok = sequences.tokenize(tokenizer, CONVERSATION, max_seq_len=1024)
+    spans = target_text(tokenizer, tok)
+    assert [s.strip().replace(f" {end}", end) for s in spans] == [f"Ann Lee: knee, 30 days.{end}", f"It is $5,000.{end}"]
+    if end != tokenizer.eos_token:  # no EOS after the turn's own end token (training would see what inference never makes)
+        assert tokenizer.eos_token not in tokenizer.decode(tok.input_ids)
+    assert tokenizer.convert_tokens_to_ids(end) in sequences.chat_format(tokenizer).stop_token_ids(tokenizer)
+
+
+@pytest.mark.parametrize("family", sorted(TEMPLATES))
+def test_every_training_prefix_is_the_serving_prompt(family):
+    """The tokens before each assistant turn are exactly what evaluation and serving feed the model
+    (the conversation so far rendered with add_generation_prompt=True)."""
+    tokenizer = templated_tokenizer(TEMPLATES[family][0])
+    tok = sequences.tokenize(tokenizer, CONVERSATION, max_seq_len=1024)
+    starts = [i + 1 for i in range(len(tok.targets)) if tok.targets[i] != sequences.IGNORE and (i == 0 or tok.targets[i - 1] == sequences.IGNORE)]
+    assert len(starts) == 2
+    for start, upto in zip(starts, (3, 5)):
+        served = sequences.prompt_ids(tokenizer, chat(*CONVERSATION.messages[:upto]))
+        assert tok.input_ids[:start] == served
+
+
+@pytest.mark.parametrize("family,adds_bos", [("chatml", False), ("llama3", False), ("inst", False), ("inst", True)])
+def test_bos_is_present_exactly_once_wherever_the_model_expects_one(family, adds_bos):
+    tokenizer = templated_tokenizer(TEMPLATES[family][0], adds_bos=adds_bos)
+    tok = sequences.tokenize(tokenizer, CONVERSATION, max_seq_len=1024)
+    prompt = sequences.prompt_ids(tokenizer, chat(*CONVERSATION.messages[:3]))
+    bos = tokenizer.bos_token_id
+    expected = family != "chatml"  # ChatML models (Qwen, SmolLM2) use none
+    assert (tok.input_ids[0] == bos) is expected and (prompt[0] == bos) is expected
+    assert tok.input_ids[1] != bos and prompt[1] != bos
+
+
+def test_the_fallback_template_gets_bos_from_a_tokenizer_that_adds_one():
+    from entrypoints import models
+
+    tokenizer = templated_tokenizer(models.DEFAULT_CHAT_TEMPLATE, adds_bos=True)
+    tok = sequences.tokenize(tokenizer, chat(("user", "Q"), ("assistant", "A")), max_seq_len=64)
+    assert tok.input_ids[0] == tokenizer.bos_token_id and tok.targets[0] == sequences.IGNORE
+    assert target_text(tokenizer, tok) == ["A</s>"]
+
+
+def test_varlen_attention_applies_each_layers_sliding_window(tokenizer):
+    """A sliding-window model (Mistral-shaped, window shorter than the examples): packed through the
+    varlen function, each example's logits equal the model's own sliding-window attention alone."""
+    import copy
+
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from entrypoints import fast
+
+    config = MistralConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2, sliding_window=8)
+    torch.manual_seed(0)
+    alone = MistralForCausalLM(config).eval()
+    alone.set_attn_implementation("sdpa")
+    varlen = MistralForCausalLM(copy.deepcopy(config)).eval()  # its own config: the implementation is set there
+    varlen.load_state_dict(alone.state_dict())
+    varlen.set_attn_implementation(fast.register_varlen())
+    assert min(len(sequences.tokenize(tokenizer, e, 256)) for e in EXAMPLES) > 2 * config.sliding_window
+    _assert_isolated(varlen, tokenizer, "varlen", atol=1e-5, alone_model=alone)
+    # The window matters here: full causal attention would give other logits.
+    full = MistralForCausalLM(MistralConfig(**{**config.to_dict(), "sliding_window": None})).eval()
+    full.load_state_dict(alone.state_dict())
+    full.set_attn_implementation("sdpa")
+    with pytest.raises(AssertionError):
+        _assert_isolated(full, tokenizer, "dense", atol=1e-5, alone_model=alone)

@@ -73,3 +73,11 @@ def test_train_config_carries_the_base_model_method_and_hyperparameters():
     spec = JobSpec(name="fin", base_model="meta-llama/Meta-Llama-3-8B", method="qlora", data={"train": "t"}, training={"lora_r": 8})
     config = spec.train_config()
     assert (config.base_model, config.method, config.lora_r, config.hf_token_env) == ("meta-llama/Meta-Llama-3-8B", "qlora", 8, "HF_TOKEN")
+
+
+def test_generation_longer_than_a_training_row_is_a_spec_error():
+    from launcher.spec import TrainConfig
+
+    with pytest.raises(SpecError, match=r"max_new_tokens \(1024\) must be below max_seq_len \(1024\).*To fix: lower max_new_tokens"):
+        TrainConfig.from_mapping({"max_new_tokens": "1024"})
+    assert TrainConfig.from_mapping({"max_new_tokens": "1023"}).max_new_tokens == 1023

@@ -131,7 +131,7 @@ def test_job_spec_supplies_data_model_and_max_seq_len(tmp_path, tiny_llama_dir):
     spec = tmp_path / "job.yaml"
     spec.write_text(
         f"name: overlap\nbase_model: tiny-llama\ndata:\n  train: {DATA / 'overlap_train.jsonl'}\n"
-        f"  eval: {DATA / 'overlap_eval.jsonl'}\ntraining:\n  max_seq_len: 20\n",
+        f"  eval: {DATA / 'overlap_eval.jsonl'}\ntraining:\n  max_seq_len: 20\n  max_new_tokens: 8\n",
         encoding="utf-8",
     )
     result = validate(spec, "--json")
