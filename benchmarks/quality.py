@@ -12,7 +12,7 @@ under ``--workdir`` and run as ``python -m entrypoints.train --root DIR``, exact
 runs it; everything reported comes from the metrics.json it writes: eval loss (answer tokens),
 ROUGE-1/2/L, BLEU, chrF and, where the entrypoint computes them, fact precision and recall, base and
 tuned, plus training tokens/s and the wall time of the whole run (conversion, when not cached, included).
-The defaults take about 10 minutes on two idle cores. Prints a table; ``--out`` writes JSON.
+The defaults took 309 s on two cores (2026-12-01). Prints a table; ``--out`` writes JSON.
 """
 
 from __future__ import annotations
