@@ -4,6 +4,8 @@
 
 * ``tiny-llama``: built offline (see ``tiny_llama``);
 * a local folder with ``config.json``;
+* a local ``.gguf`` file (llama.cpp's format, often quantised): dequantised once by transformers and the
+  ``gguf`` package into a normal checkpoint folder in the cache (see ``resolve_gguf``);
 * ``s3://bucket/prefix`` (downloaded with boto3, which honours ``AWS_ENDPOINT_URL``) or
   ``gs://bucket/prefix`` (read through the ``/gcs`` mount on Vertex AI, else downloaded with
   google-cloud-storage);
@@ -14,13 +16,16 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
+import time
+from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from launcher.errors import MissingExtraError, NotFoundError
+from launcher.errors import MissingExtraError, NotFoundError, SpecError
 
 if TYPE_CHECKING:
     from launcher.spec import TrainConfig
@@ -52,6 +57,8 @@ def resolve(base_model: str) -> str:
 
         mounted = gcs_path(base_model)
         return str(mounted) if mounted.is_dir() else str(_download(base_model))
+    if is_gguf(base_model):
+        return str(resolve_gguf(base_model))
     path = Path(base_model).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -66,11 +73,19 @@ def hub_token(config: TrainConfig) -> str | None:
     return os.environ.get(config.hf_token_env) or None
 
 
-def load_tokenizer(base_model: str, token: str | None = None):
-    """The base model's tokenizer, with a pad token and a chat template guaranteed."""
+def load_tokenizer(base_model: str, token: str | None = None, *, convert: bool = True):
+    """The base model's tokenizer, with a pad token and a chat template guaranteed.
+
+    ``convert=False`` (``launcher validate`` and ``plan``): a ``.gguf`` not yet converted gives its
+    tokenizer straight from the file (seconds) instead of being dequantised into the cache first."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve(base_model), token=token)
+    if is_gguf(base_model) and not convert and _gguf_cached(base_model) is None:
+        path = _gguf_source(base_model)
+        _require_gguf(path)
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(resolve(base_model), token=token)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:
@@ -164,6 +179,136 @@ def disable_cpu_inference_repack(model) -> None:
     for module in model.modules():
         if isinstance(module, bnb.nn.Linear4bit):
             module.support_avx512bf16_for_cpu = False
+
+
+# --- GGUF files ---------------------------------------------------------------------------------------
+# Bumped when the converted folder's contents change, so older conversions are not reused.
+GGUF_CONVERSION_VERSION = 1
+GGUF_SOURCE_FILE = "gguf-source.json"  # in the converted folder: where it came from (the manifest copies it)
+GGUF_MAGIC = b"GGUF"
+
+
+def is_gguf(base_model: str) -> bool:
+    """A local GGUF file: a base_model ending in .gguf that is not a URI or a model folder."""
+    return base_model.lower().endswith(".gguf") and "://" not in base_model and not Path(base_model).expanduser().is_dir()
+
+
+def resolve_gguf(base_model: str) -> Path:
+    """The checkpoint folder converted from a local .gguf file, made once and cached.
+
+    The cache key is the file's resolved path, size and modification time, so finding a cached
+    conversion costs one ``stat`` whatever the file's size (hashing a multi-GB GGUF on every run would
+    not); a file replaced or touched gets a new conversion. The content's SHA-256 is computed once,
+    during the conversion, and recorded in the folder (``provenance``)."""
+    cached = _gguf_cached(base_model)
+    if cached is not None:
+        return cached
+    path = _gguf_source(base_model)
+    _require_gguf(path)
+    target = _gguf_folder(path)
+    print(f"converting GGUF base model {path} into {target} (once; later runs reuse it)", flush=True)
+    return _atomic_folder(target, lambda tmp: _convert_gguf(path, tmp))
+
+
+def provenance(base_model: str) -> dict[str, Any] | None:
+    """Where the resolved base model came from, for the job's manifest: for a .gguf, the source file,
+    its SHA-256 and size, the converted folder, its dtype and the converting packages' versions; None
+    for other bases."""
+    if not is_gguf(base_model):
+        return None
+    folder = resolve_gguf(base_model)
+    return {**json.loads((folder / GGUF_SOURCE_FILE).read_text(encoding="utf-8")), "cache_folder": str(folder)}
+
+
+def _gguf_source(base_model: str) -> Path:
+    path = Path(base_model).expanduser()
+    if not path.is_file():
+        raise NotFoundError(f"base model file '{base_model}' does not exist. To fix: check the path (a .gguf base_model is a local file)")
+    with path.open("rb") as handle:
+        magic = handle.read(len(GGUF_MAGIC))
+    if magic != GGUF_MAGIC:
+        raise SpecError(f"base model '{base_model}' is not a GGUF file (it does not start with 'GGUF'). "
+                        "To fix: point base_model at a .gguf file written by llama.cpp, or at a model folder")
+    return path.resolve()
+
+
+def _gguf_folder(path: Path) -> Path:
+    stat = path.stat()
+    key = f"{GGUF_CONVERSION_VERSION}\0{path}\0{stat.st_size}\0{stat.st_mtime_ns}"
+    return cache_root() / "gguf" / f"{path.stem[:48]}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def _gguf_cached(base_model: str) -> Path | None:
+    path = Path(base_model).expanduser()
+    if not path.is_file():
+        return None
+    folder = _gguf_folder(path.resolve())
+    return folder if (folder / "config.json").is_file() else None
+
+
+def _require_gguf(path: Path) -> None:
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise MissingExtraError("gguf", "train", f"Loading the GGUF base model {path}") from None
+
+
+def _convert_gguf(path: Path, folder: Path) -> None:
+    """Dequantise ``path`` into ``folder`` as a bf16 safetensors checkpoint with its tokenizer.
+
+    transformers dequantises a GGUF to float32 on load, but refuses to ``save_pretrained`` a model
+    loaded that way: the weights are copied into a fresh model of the same config and that one is
+    saved. bf16 because it halves the folder (269 MB instead of 538 MB for SmolLM2-135M) at no cost
+    worth having: the quantised weights carry far less precision than bf16 (a Q4_1 weight is one of 16
+    levels per block), models are published in bf16, and the GPU path computes in bf16 anyway; the eval
+    loss of SmolLM2-135M-Instruct on the example data moved by 1e-6 relative against fp32. The CPU path
+    loads it back in float32."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    started = time.perf_counter()
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 24):
+            digest.update(block)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    except (ValueError, KeyError, NotImplementedError) as exc:  # an architecture or tensor type transformers cannot read
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SpecError(f"transformers cannot load the GGUF base model {path} ({reason[:200]}). "
+                        "To fix: use a GGUF of an architecture transformers reads (Llama, Mistral, Qwen2/3, Gemma 2/3, Phi-3, ...) "
+                        "or a model folder") from None
+    config = loaded.config
+    del config.quantization_config  # the saved folder is an ordinary checkpoint, not a GGUF one
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict(), strict=True, assign=True)
+    model.tie_weights()
+    del loaded
+    model.to(torch.bfloat16).save_pretrained(folder)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.save_pretrained(folder)
+    stat = path.stat()
+    source = {
+        "source": str(path),
+        "sha256": digest.hexdigest(),
+        "size_bytes": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "dtype": "bfloat16",
+        "conversion_version": GGUF_CONVERSION_VERSION,
+        "conversion_s": round(time.perf_counter() - started, 1),
+        "packages": {name: _version(name) for name in ("gguf", "transformers", "torch")},
+    }
+    (folder / GGUF_SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n", encoding="utf-8")
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def _cache_folder(uri: str) -> Path:

@@ -823,6 +823,7 @@ class Recipe:
             "job_name": self.platform.job_name,
             "config": self.config.model_dump(),
             "base_model_resolved": models.resolve(self.config.base_model) if self.config.base_model == "tiny-llama" else self.config.base_model,
+            "base_model_gguf": models.provenance(self.config.base_model),
             "device": self.device,
             "chat": {"end_of_turn": chat.end_of_turn, "bos": chat.bos, "stop_token_ids": chat.stop_token_ids(self.tokenizer)},
             "packages": packages,

@@ -71,7 +71,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from launcher import catalog
-from launcher.errors import NotFoundError, SpecError, did_you_mean
+from launcher.errors import LauncherError, MissingExtraError, NotFoundError, SpecError, did_you_mean
 
 if TYPE_CHECKING:
     from launcher.data import Example
@@ -182,9 +182,14 @@ def _catalog_models() -> dict[str, dict[str, Any]]:
 
 
 def find_model(base_model: str) -> ModelShape | None:
-    """The shape of ``base_model`` (a catalog id, a local folder with config.json, or a Hub id whose
-    config.json is in the local Hugging Face cache), or None when none of those knows it. A local path that is missing or holds no config.json is an error."""
+    """The shape of ``base_model`` (a catalog id, a local folder with config.json, a local .gguf file, or
+    a Hub id whose config.json is in the local Hugging Face cache), or None when none of those knows it.
+    A local path that is missing or holds no config.json is an error."""
     path = Path(base_model).expanduser()
+    if base_model.lower().endswith(".gguf") and "://" not in base_model and not path.is_dir():
+        if not path.is_file():
+            raise NotFoundError(f"base model file '{base_model}' does not exist. To fix: check the path (a .gguf base_model is a local file)")
+        return ModelShape.from_config(_gguf_config(path), name=str(path), source=f"{path} (GGUF header)")
     if path.is_dir():
         config = path / "config.json"
         if not config.is_file():
@@ -207,6 +212,39 @@ def find_model(base_model: str) -> ModelShape | None:
     if cached is not None:
         return ModelShape.from_config(json.loads(cached.read_text(encoding="utf-8")), name=base_model, source=str(cached))
     return None
+
+
+def _gguf_config(path: Path) -> dict[str, Any]:
+    """The config.json values of a GGUF file's model, read from its header (no weights are read; the
+    names are those transformers maps them to when it loads the file)."""
+    try:
+        import gguf
+    except ImportError:
+        raise MissingExtraError("gguf", "train", f"Reading the GGUF base model {path}") from None
+    try:
+        reader = gguf.GGUFReader(path)
+    except (ValueError, OSError) as exc:
+        raise SpecError(f"base model '{path}' is not a readable GGUF file ({str(exc)[:120]}). "
+                        "To fix: point base_model at a .gguf file written by llama.cpp, or at a model folder") from None
+
+    def value(key: str, default: Any = None) -> Any:
+        field = reader.fields.get(key)
+        return field.contents() if field is not None else default
+
+    arch = str(value("general.architecture", ""))
+    config: dict[str, Any] = {"model_type": arch}
+    for gguf_key, hf_key in (("embedding_length", "hidden_size"), ("block_count", "num_hidden_layers"),
+                             ("attention.head_count", "num_attention_heads"), ("attention.head_count_kv", "num_key_value_heads"),
+                             ("attention.key_length", "head_dim"), ("feed_forward_length", "intermediate_size"),
+                             ("vocab_size", "vocab_size"), ("context_length", "max_position_embeddings")):
+        found = value(f"{arch}.{gguf_key}")
+        if found is not None:
+            config[hf_key] = found
+    if "vocab_size" not in config and "tokenizer.ggml.tokens" in reader.fields:
+        config["vocab_size"] = len(reader.fields["tokenizer.ggml.tokens"].data)
+    # llama.cpp stores no output matrix when the head shares the embedding's weights.
+    config["tie_word_embeddings"] = not any(tensor.name == "output.weight" for tensor in reader.tensors)
+    return config
 
 
 def _hub_cache_config(repo_id: str) -> Path | None:
@@ -472,11 +510,15 @@ def _tokenize(base_model: str, examples: list[Example]) -> tuple[list[int] | Non
             from entrypoints import tiny_llama
 
             tokenizer = AutoTokenizer.from_pretrained(tiny_llama.materialize())
+        elif base_model.lower().endswith(".gguf") and not path.is_dir():  # read from the file; not converted for a plan
+            from entrypoints import models
+
+            tokenizer = models.load_tokenizer(base_model, convert=False)
         elif path.is_dir():
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         else:  # a Hub id: only a tokenizer already in the local Hugging Face cache; plan never downloads
             tokenizer = AutoTokenizer.from_pretrained(base_model, local_files_only=True)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, LauncherError) as exc:
         return None, f"no tokenizer for {base_model} on this machine ({str(exc).splitlines()[0][:80]})"
     texts = []
     for example in examples:

@@ -321,12 +321,17 @@ class JobSpec(StrictModel):
         return spec.resolve_paths(path.parent)
 
     def resolve_paths(self, base: Path) -> JobSpec:
-        """Make relative local data paths relative to the spec file's folder."""
+        """Make relative local data paths, and a relative .gguf base_model (always a local file), relative
+        to the spec file's folder."""
         updates = {}
         for key, uri in self.data.channels().items():
             if "://" not in uri and not Path(uri).is_absolute():
                 updates[key] = str((base / uri).resolve())
-        return self.model_copy(update={"data": self.data.model_copy(update=updates)}) if updates else self
+        spec = self.model_copy(update={"data": self.data.model_copy(update=updates)}) if updates else self
+        model = Path(self.base_model).expanduser()
+        if self.base_model.lower().endswith(".gguf") and "://" not in self.base_model and not model.is_absolute():
+            spec = spec.model_copy(update={"base_model": str((base / model).absolute())})
+        return spec
 
     def to_yaml(self) -> str:
         import yaml

