@@ -494,10 +494,13 @@ class Recipe:
         log(f"resumed from {found.name}: step {self.step}/{self.total_steps}, epoch {self.epoch}")
 
     def trained_on(self) -> dict[str, Any]:
-        """What defines this training: the settings that shape the adapter and the data's content."""
-        channels = ["train"] + (["general_eval"] if self.config.general_mix > 0 else [])
-        return {"config": self.config.training_settings(),
-                "data": {name: datasets_io.fingerprint(self.sources[name]) for name in channels}}
+        """What defines this training: the settings that shape the adapter and the data's content
+        (hashed once per process: every checkpoint records it)."""
+        if not hasattr(self, "_trained_on"):
+            channels = ["train"] + (["general_eval"] if self.config.general_mix > 0 else [])
+            self._trained_on = {"config": self.config.training_settings(),
+                                "data": {name: datasets_io.fingerprint(self.sources[name]) for name in channels}}
+        return self._trained_on
 
     def _check_same_training(self, found: Path, stored: dict | None) -> None:
         """Resuming another training's checkpoint would silently mix two runs: refuse it."""

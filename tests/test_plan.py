@@ -232,19 +232,19 @@ def test_auto_checkpointing_is_used_only_where_needed(tmp_path):
 
 def test_hours_and_cost_by_hand(tmp_path):
     # The reference model at the reference sequence length with checkpointing on: the H200 LoRA figure
-    # (17,552 tokens/s, measured without checkpointing) x the checkpointing factor 0.737, per H200 and per
+    # (17,147 tokens/s, measured without checkpointing) x the checkpointing factor 0.737, per H200 and per
     # H100 (scaled by bf16 peak 989/989). 10,000,000 tokens x 2 epochs.
     spec = make_spec(tmp_path, training={"max_seq_len": 2048, "gradient_checkpointing": "on", "epochs": 2})
     rows = {c.instance_type: c for c in plan(spec, dataset_tokens=10_000_000).candidates}
     one = rows["ml.p5.4xlarge"]  # 1x H100, $8.60/h on demand, $3.44/h spot
-    hours = 20_000_000 / (17552 * 0.737) / 3600 + 10 / 60  # + the fixed 10-minute overhead
-    assert one.tokens_per_s == pytest.approx(17552 * 0.737)
+    hours = 20_000_000 / (17147 * 0.737) / 3600 + 10 / 60  # + the fixed 10-minute overhead
+    assert one.tokens_per_s == pytest.approx(17147 * 0.737)
     assert one.hours == pytest.approx(hours)
     assert one.on_demand_cost == pytest.approx(hours * 8.60)
     assert one.spot_cost == pytest.approx(hours * 3.44)
     eight = rows["a3-ultragpu-8g"]  # 8x H200 at $97.50/h: 8 x 0.9^3 = 5.832x one GPU
-    assert eight.tokens_per_s == pytest.approx(17552 * 0.737 * 8 * 0.9**3)
-    assert eight.on_demand_cost == pytest.approx((20_000_000 / (17552 * 0.737 * 5.832) / 3600 + 10 / 60) * 97.50)
+    assert eight.tokens_per_s == pytest.approx(17147 * 0.737 * 8 * 0.9**3)
+    assert eight.on_demand_cost == pytest.approx((20_000_000 / (17147 * 0.737 * 5.832) / 3600 + 10 / 60) * 97.50)
     assert rows["ml.p5e.48xlarge"].spot_cost is None  # no managed spot for it in prices.json
     assert "scaled from H200" in rows["ml.g5.xlarge"].throughput_source
 
