@@ -137,13 +137,9 @@ def load(path: Path) -> tuple[dict, dict, dict]:
 
 def write_atomic(path: Path, text: str) -> None:
     """Write a text file so that readers see the old or the new content, never half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    from launcher.state import write_text
+
+    write_text(path, text)
 
 
 def _fsync_dir(directory: Path) -> None:

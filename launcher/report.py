@@ -21,14 +21,13 @@ import csv
 import html
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from launcher import facts
+from launcher.state import home, write_text
 from launcher.errors import DataError, NotFoundError, UserInputError
 
 QUALITY_KEYS = ("rouge1", "rouge2", "rougeL", "bleu", "chrf", "fact_precision", "fact_recall")
@@ -58,15 +57,11 @@ class ModelDir:
             return [json.loads(line) for line in handle if line.strip()]
 
 
-def launcher_home() -> Path:
-    return Path(os.environ.get("LAUNCHER_HOME") or ".launcher")
-
-
 def resolve_model_dir(job: str) -> ModelDir:
     """A local job id (``$LAUNCHER_HOME/jobs/<id>/model``), a job dir or a model dir."""
     path = Path(job).expanduser()
     candidates = [path, path / "model"] if path.is_dir() else []
-    job_dir = launcher_home() / "jobs" / job
+    job_dir = home() / "jobs" / job
     if not candidates and "/" not in job and job_dir.is_dir():
         candidates = [job_dir / "model"]
     if not candidates:
@@ -89,18 +84,8 @@ def resolve_model_dir(job: str) -> ModelDir:
     )
 
 
-def write_atomic(path: Path, text: str, encoding: str = "utf-8") -> None:
-    """Write a whole file or nothing: a temporary file in the same folder, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding=encoding, newline="") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+write_atomic = write_text  # kept for callers of this module
+
 
 
 # --- metrics as rows (shared by the HTML report and the terminal table) ----------------------------

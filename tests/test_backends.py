@@ -54,7 +54,9 @@ def test_index_remembers_the_backend_of_each_job(tmp_path):
     registry.record_job("a-run1-11111111", "local", "2026-11-28T12:00:00Z")
     registry.record_job("a-run1-11111111", "local", "2026-11-28T12:00:00Z")  # idempotent
     assert registry.backend_of("a-run1-11111111") == "local"
-    assert registry.home() == (tmp_path / ".launcher").absolute()
+    from launcher import state
+
+    assert state.home() == (tmp_path / ".launcher").absolute()
     assert list(registry.read_index()) == ["a-run1-11111111"]
 
 

@@ -33,7 +33,7 @@ def write_spec(tmp_path: Path, text: str) -> Path:
 
 
 def jobs_dir() -> Path:
-    from launcher.backends.registry import home
+    from launcher.state import home
 
     return home() / "jobs"
 

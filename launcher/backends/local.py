@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from launcher.backends.base import Backend, Feature, JobInfo, JobState
-from launcher.backends.registry import file_lock, home, write_json
+from launcher.state import file_lock, home, write_json
 from launcher.errors import BackendError, NotFoundError, UnsupportedError
 
 if TYPE_CHECKING:

@@ -10,19 +10,15 @@ The index (``$LAUNCHER_HOME/index.json``: job id -> backend and when it was subm
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import importlib
 import importlib.util
 import json
-import os
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from launcher.errors import MissingExtraError, NotFoundError, UserInputError, did_you_mean
+from launcher.state import file_lock, home, write_json
 
 if TYPE_CHECKING:
     from launcher.backends.base import Backend
@@ -70,39 +66,7 @@ def get(name: str) -> Backend:
     return getattr(module, class_name)()
 
 
-# --- state folder and job index ----------------------------------------------------------------------
-def home() -> Path:
-    """Where launcher keeps local state: $LAUNCHER_HOME, default ./.launcher (absolute)."""
-    return Path(os.environ.get("LAUNCHER_HOME") or ".launcher").absolute()
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive flock on ``path`` for the duration of the block (waits for other holders)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def write_json(path: Path, data: object) -> None:
-    """Write JSON atomically: a temp file in the same folder, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
+# --- the job index -----------------------------------------------------------------------------------
 def _index_path() -> Path:
     return home() / "index.json"
 

@@ -7,7 +7,6 @@ checks it names every key of the spec, so it cannot drift from the model.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
@@ -34,9 +33,9 @@ def init(
         raise UserInputError(f"'{path}' is a folder. To fix: give a file path such as {path / 'job.yaml'}")
     if not path.parent.is_dir():
         raise UserInputError(f"folder '{path.parent}' does not exist. To fix: create it first")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same folder, so the rename is atomic
-    tmp.write_text(template(str(path)), encoding="utf-8")
-    os.replace(tmp, path)
+    from launcher.state import write_text
+
+    write_text(path, template(str(path)))
     typer.echo(f"Wrote {path}. Point data.train at your JSONL file, then run: launcher train {path}")
 
 
