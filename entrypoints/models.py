@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -73,6 +74,23 @@ def hub_token(config: TrainConfig) -> str | None:
     return os.environ.get(config.hf_token_env) or None
 
 
+@contextlib.contextmanager
+def hub_errors(base_model: str):
+    """A Hub model that cannot be had (no network, a wrong id, a gated model without a token) is one
+    line naming the fix, not a traceback: transformers raises OSError for all of them."""
+    try:
+        yield
+    except OSError as exc:
+        if "://" in base_model or base_model.startswith((".", "/", "~")) or Path(base_model).expanduser().exists():
+            raise
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise NotFoundError(
+            f"base model '{base_model}' cannot be loaded from the Hugging Face Hub: {reason}. To fix: check the id "
+            "and the network (HF_HUB_OFFLINE must be unset to download), and for a gated model put a token in the "
+            "environment variable hf_token_env names"
+        ) from None
+
+
 def load_tokenizer(base_model: str, token: str | None = None, *, convert: bool = True):
     """The base model's tokenizer, with a pad token and a chat template guaranteed.
 
@@ -85,7 +103,8 @@ def load_tokenizer(base_model: str, token: str | None = None, *, convert: bool =
         _require_gguf(path)
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     else:
-        tokenizer = AutoTokenizer.from_pretrained(resolve(base_model), token=token)
+        with hub_errors(base_model):
+            tokenizer = AutoTokenizer.from_pretrained(resolve(base_model), token=token)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:
@@ -114,7 +133,8 @@ def load_base(config: TrainConfig, device: str, *, dtype, attn_implementation: s
             bnb_4bit_compute_dtype=dtype,
         )
         kwargs["device_map"] = {"": device if device != "cuda" else torch.cuda.current_device()}
-    model = AutoModelForCausalLM.from_pretrained(resolve(config.base_model), **kwargs)
+    with hub_errors(config.base_model):
+        model = AutoModelForCausalLM.from_pretrained(resolve(config.base_model), **kwargs)
     if config.method != "qlora":
         model.to(device)
     return model

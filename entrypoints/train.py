@@ -233,10 +233,8 @@ class Recipe:
             if cfg.kernels == "liger" and not self.use_liger:
                 raise SpecError(f"kernels: liger needs liger-kernel, triton and a CUDA GPU, and a supported architecture (got '{model_type}'). To fix: kernels: auto")
         if cfg.fp8 == "on":
-            lacking = None
-            if cfg.method != "lora":
-                lacking = f"method {cfg.method}"
-            elif not self.fast:
+            lacking = None  # (method qlora and fast_path off are refused when the spec is validated)
+            if not self.fast:
                 lacking = "fast_path off"
             elif self.device != "cuda":
                 lacking = f"device {self.device}"
@@ -290,7 +288,8 @@ class Recipe:
         """The base model's transformers config (read before the weights, which it helps load)."""
         from transformers import AutoConfig
 
-        return AutoConfig.from_pretrained(models.resolve(self.config.base_model), token=models.hub_token(self.config))
+        with models.hub_errors(self.config.base_model):
+            return AutoConfig.from_pretrained(models.resolve(self.config.base_model), token=models.hub_token(self.config))
 
     def model_type(self) -> str:
         return self.base_config().model_type
@@ -916,11 +915,12 @@ def main(argv: list[str] | None = None) -> int:
     except LauncherError as exc:
         _fail(plat, str(exc))
         return exc.exit_code if isinstance(exc, UserInputError) else 1
-    except Exception as exc:  # a crash: keep the traceback in the logs, the reason in the failure file
+    except Exception as exc:  # a crash: keep the traceback in the logs, the reason (one line) in the failure file
         import traceback
 
         traceback.print_exc()
-        _fail(plat, f"{type(exc).__name__}: {exc}")
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+        _fail(plat, f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__)
         return 1
 
 

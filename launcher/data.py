@@ -83,6 +83,19 @@ def fingerprint(files: list[Path]) -> str:
     return digest.hexdigest()
 
 
+def content_digest(uri: str | Path) -> str:
+    """What a dataset holds, for the job identity: the SHA-256 of a local file or folder's JSONL files
+    (their content, not their path: moving the checkout keeps the job), or, for ``s3://`` and ``gs://``
+    prefixes, a hash of the objects' names and ETags / generations (read through ``launcher.clouds``; no
+    download)."""
+    uri = str(uri)
+    if uri.startswith(("s3://", "gs://")):
+        from launcher import clouds
+
+        return hashlib.sha256(json.dumps(clouds.object_versions(uri), sort_keys=True).encode()).hexdigest()
+    return fingerprint(dataset_files(uri))
+
+
 def iter_examples(
     uri: str | Path, *, allow_text: bool = False, errors: list[str] | None = None
 ) -> Iterator[Example]:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher import facts
-from launcher.state import home, write_text
+from launcher.state import write_text
 from launcher.errors import DataError, NotFoundError, UserInputError
 
 QUALITY_KEYS = ("rouge1", "rouge2", "rougeL", "bleu", "chrf", "fact_precision", "fact_recall")
@@ -58,17 +58,25 @@ class ModelDir:
 
 
 def resolve_model_dir(job: str) -> ModelDir:
-    """A local job id (``$LAUNCHER_HOME/jobs/<id>/model``), a job dir or a model dir."""
+    """A model dir, a job dir, or a job id on any backend (its model dir fetched to a local folder:
+    ``JobHandle.artifacts``, which downloads and unpacks a remote one)."""
     path = Path(job).expanduser()
-    candidates = [path, path / "model"] if path.is_dir() else []
-    job_dir = home() / "jobs" / job
-    if not candidates and "/" not in job and job_dir.is_dir():
-        candidates = [job_dir / "model"]
-    if not candidates:
-        raise NotFoundError(
-            f"'{job}' is neither a local job id (no {job_dir}) nor a model folder. "
-            "To fix: pass a job id from 'launcher list' or the path of a model dir"
-        )
+    job_id = None
+    if path.is_dir():
+        candidates = [path, path / "model"]
+    elif "/" not in job:
+        from launcher.api import attach
+
+        try:
+            handle = attach(job)
+        except NotFoundError:
+            raise NotFoundError(
+                f"'{job}' is neither a job id launcher knows nor a model folder. "
+                "To fix: pass a job id from 'launcher list' or the path of a model dir"
+            ) from None
+        job_id, candidates = job, [handle.artifacts()]
+    else:
+        raise NotFoundError(f"'{job}' is not a folder. To fix: pass a job id from 'launcher list' or the path of a model dir")
     for folder in candidates:
         metrics = folder / "metrics.json"
         if metrics.is_file():
@@ -76,8 +84,7 @@ def resolve_model_dir(job: str) -> ModelDir:
                 data = json.loads(metrics.read_text(encoding="utf-8"))
             except json.JSONDecodeError as exc:
                 raise UserInputError(f"{metrics}: not valid JSON ({exc.msg}). To fix: re-run the job or restore the file") from None
-            job_id = job if folder.parent == job_dir.parent / job else folder.resolve().parent.name
-            return ModelDir(folder, job_id, data)
+            return ModelDir(folder, job_id or folder.resolve().parent.name, data)
     raise NotFoundError(
         f"no metrics.json in {candidates[-1]}: the job has not finished (or failed). "
         f"To fix: check it with 'launcher status {job}' and wait until it has SUCCEEDED"

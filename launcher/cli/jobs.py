@@ -42,18 +42,35 @@ def train(
     ),
     new_run: bool = typer.Option(False, "--new-run", help="Start a fresh job (a run name from the current time)."),
     detach: bool = typer.Option(False, "--detach", "-d", help="Return once the job is submitted; do not stream its logs."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check the spec and print the job id and the launch request; stage and launch nothing."),
     as_json: bool = typer.Option(False, "--json", help="Print the job as JSON on stdout (messages go to stderr)."),
 ) -> None:
     """Validate the data, stage it and start the job, or re-attach to the job this spec already started."""
-    from launcher.api import launch
+    from launcher.api import launch, request
     from launcher.backends.base import JobState
     from launcher.errors import JobFailedError
 
-    handle = launch(spec_path, backend=backend, run_name=run_name, new_run=new_run)
-    info = handle.status()
     say = _sayer(as_json)
+    if dry_run:
+        built, runner, warnings = request(spec_path, backend=backend, run_name=run_name, new_run=new_run)
+        for warning in warnings:
+            say(f"Warning: {warning}")
+        described = runner.describe(built)
+        if as_json:
+            typer.echo(json.dumps({"job_id": built.job_id, "backend": runner.name, "request": described}, indent=2, default=str))
+        else:
+            typer.echo(f"Job {built.job_id} on the {runner.name} backend (dry run: nothing staged or launched). It would send:")
+            typer.echo(json.dumps(described, indent=2, default=str))
+        return
+    handle = launch(spec_path, backend=backend, run_name=run_name, new_run=new_run)
+    for warning in handle.warnings:
+        say(f"Warning: {warning}")
+    info = handle.status()
     if handle.reattached:
         say(f"Re-attached to job {handle.job_id} ({info.state.value}): same spec and run name. Use --new-run for a fresh job.")
+    elif info.attempt > 1:
+        where = f"from step {info.checkpoint_step}" if info.checkpoint_step else "from the start (no checkpoint was saved)"
+        say(f"Resuming job {handle.job_id} {where} (attempt {info.attempt}) on the {backend} backend.")
     else:
         say(f"Submitted job {handle.job_id} to the {backend} backend.")
     if detach or info.state is JobState.SUCCEEDED:
@@ -102,6 +119,9 @@ def status(
         "created": info.created_at,
         "updated": info.updated_at,
         "message": info.message,
+        "attempt": str(info.attempt),
+        "checkpoint": f"step {info.checkpoint_step}" if info.checkpoint_step else "",
+        "native id": info.native_id,
         "output": info.output,
         **{key.replace("_", " "): str(value) for key, value in info.extra.items() if value not in (None, "")},
     }
@@ -139,8 +159,12 @@ def cancel(
     """Stop a job; it saves a checkpoint first, and submitting it again resumes from there."""
     from launcher.api import attach
 
+    import os
+
+    if grace is not None:  # a local-backend setting; the API's cancel takes no backend options
+        os.environ["LAUNCHER_CANCEL_GRACE"] = str(grace)
     handle = attach(job_id)
-    info = handle.cancel(grace_s=grace) if grace is not None else handle.cancel()
+    info = handle.cancel()
     if as_json:
         typer.echo(json.dumps(info.to_dict(), indent=2))
     else:
