@@ -166,3 +166,18 @@ def test_terminal_states():
     assert api.parse_state("running") is JobState.RUNNING
     with pytest.raises(UserInputError, match="Did you mean 'FAILED'"):
         api.parse_state("faild")
+
+
+def test_the_local_backend_says_when_the_spec_asks_for_a_gpu_it_does_not_have(tmp_path, monkeypatch):
+    from launcher.backends import local
+
+    monkeypatch.setattr(local, "_has_cuda_gpu", lambda: False)  # this machine's answer, whatever the test host has
+    (tmp_path / "t.jsonl").write_text('{"prompt": "q", "completion": "a"}\n' * 3)
+    (tmp_path / "job.yaml").write_text("name: fin\ndata:\n  train: t.jsonl\ncompute:\n  accelerator: H100:1\n")
+    _, _, warnings = api.request(tmp_path / "job.yaml")
+    assert warnings == ["the spec asks for H100:1 but this machine has no CUDA GPU: the local backend trains on the CPU"]
+    (tmp_path / "job.yaml").write_text("name: fin\ndata:\n  train: t.jsonl\nlocal:\n  device: cuda\n")
+    with pytest.raises(UnsupportedError, match="local.device is cuda but this machine has no CUDA GPU. To fix: local.device: auto"):
+        api.request(tmp_path / "job.yaml")
+    monkeypatch.setattr(local, "_has_cuda_gpu", lambda: True)
+    assert api.request(tmp_path / "job.yaml")[2] == []
