@@ -24,6 +24,7 @@ class LauncherError(Exception):
     """An error launcher reports as one readable line."""
 
     exit_code = 1
+    details: tuple[str, ...] = ()  # lines shown before the message when there are several problems, one each
 
 
 class UserInputError(LauncherError):
@@ -64,6 +65,13 @@ class BackendError(LauncherError):
 
 class JobFailedError(LauncherError):
     """The job ran and failed."""
+
+
+def reason(exc: BaseException) -> str:
+    """An exception's message for use inside one of ours: its first non-empty line, whole (never cut at a
+    character count), or the exception's type name when it has no message."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0].rstrip(".") if lines else type(exc).__name__
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

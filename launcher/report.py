@@ -385,8 +385,8 @@ def import_review(model: ModelDir, path: Path) -> dict[str, Any]:
 
 
 class ReviewErrors(DataError):
-    """Several bad rows; ``lines`` lists them (the CLI prints them before the one-line error)."""
+    """Several bad rows; ``details`` lists them (the CLI prints them before the one-line error)."""
 
     def __init__(self, lines: list[str], message: str):
         super().__init__(message)
-        self.lines = lines
+        self.details = tuple(lines)

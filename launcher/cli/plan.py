@@ -7,17 +7,18 @@ a plan is advice, and ``launcher train`` is where ``check_fits`` refuses.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
+
+from launcher.cli.common import json_option, output
 
 
 def register(app: typer.Typer) -> None:
     @app.command("plan")
     def plan_command(
         spec_path: Path = typer.Argument(..., metavar="JOB.yaml", help="The job spec."),
-        as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+        as_json: bool = json_option(),
         tokens: int = typer.Option(
             None, "--tokens", metavar="N", help="Training tokens in one epoch; skips counting (needed for s3:// or gs:// data)."
         ),
@@ -28,10 +29,7 @@ def register(app: typer.Typer) -> None:
 
         spec = JobSpec.from_yaml(spec_path)
         result = plan(spec, dataset_tokens=tokens)
-        if as_json:
-            typer.echo(json.dumps(result.to_dict(), indent=2))
-        else:
-            _print(spec, result)
+        output(result, as_json, lambda r: _print(spec, r))
 
 
 def _gib(value: float | None) -> str:
