@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 import typer
 
 from launcher.cli.common import abort, json_option, output
-from launcher.data import DatasetReport, Example, validate_dataset
+from launcher.data import DatasetReport, Example, dataset_files, validate_dataset
 
 MAX_LISTED_ERRORS = 20
 
@@ -128,6 +128,9 @@ def register(app: typer.Typer) -> None:
         if eval_data is not None:
             eval_uri = str(eval_data)
         max_seq_len = max_seq_len or Hyperparameters.model_fields["max_seq_len"].default
+        for uri in (train, eval_uri, general):  # a dataset that is not there is one line, not a report
+            if uri is not None and "://" not in str(uri):
+                dataset_files(uri)
         counter = token_counter(base_model, token_env)
         reports = validate_dataset(train, eval_uri, general, count_tokens=counter.count, max_seq_len=max_seq_len)
         payload = {
