@@ -57,3 +57,16 @@ def test_every_bad_line_says_how_to_fix_it(tmp_path, line):
     assert result.exit_code == 2
     assert result.stderr.startswith(f"Error: {path}:1: ") and "To fix: " in result.stderr
     assert len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["validate", "plan", "train"])
+@pytest.mark.parametrize("typo", ["H1OO", "h1oo", "A1OG"])
+def test_an_accelerator_typo_gets_a_did_you_mean(tmp_path, command, typo):
+    train = tmp_path / "train.jsonl"
+    train.write_text('{"prompt": "a?", "completion": "b."}\n')
+    spec = write(tmp_path / "job.yaml", f"name: a\ndata: {{train: {train}}}\ncompute: {{accelerator: '{typo}:1'}}\n")
+    result = invoke(command, spec)
+    assert result.exit_code == 2
+    expected = {"H1OO": "H100", "h1oo": "H100", "A1OG": "A10G"}[typo]
+    assert f"unknown GPU kind '{typo}'. Did you mean '{expected}'?" in result.stderr
+    assert "To fix:" in result.stderr and len(result.stderr.splitlines()) == 1
