@@ -21,6 +21,7 @@ import typer
 
 from launcher.cli.common import abort, json_option, output
 from launcher.data import DatasetReport, Example, dataset_files, validate_dataset
+from launcher.errors import reason
 
 MAX_LISTED_ERRORS = 20
 
@@ -54,8 +55,7 @@ def token_counter(base_model: str | None, token_env: str = "HF_TOKEN") -> TokenC
         tokenizer = _load_tokenizer(base_model, os.environ.get(token_env) or None)
         from entrypoints.sequences import tokenize
     except Exception as exc:  # noqa: BLE001 - any failure to load means "estimate instead"
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return estimate_counter(f"tokenizer of '{base_model}' not available: {reason[:160]}")
+        return estimate_counter(f"tokenizer of '{base_model}' not available: {reason(exc)}")
 
     def count(example: Example) -> int:
         return len(tokenize(tokenizer, example, max_seq_len=sys.maxsize))

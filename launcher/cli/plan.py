@@ -32,6 +32,17 @@ def register(app: typer.Typer) -> None:
         output(result, as_json, lambda r: _print(spec, r))
 
 
+def _micro_batch(config, tokens: int) -> str:  # noqa: ANN001 - TrainConfig (imported lazily)
+    """The micro-batch the memory is planned for, as the arithmetic that gave ``tokens``."""
+    rows = tokens // config.max_seq_len
+    if rows == config.micro_batch_size:
+        return f"micro_batch_size {rows} x max_seq_len {config.max_seq_len} = {tokens:,} tokens per micro-batch"
+    step = config.micro_batch_size * config.gradient_accumulation_steps
+    return (f"memory planned for {rows} example x max_seq_len {config.max_seq_len} = {tokens:,} tokens per micro-batch "
+            f"(the GPU fast path sizes its micro-batches from measured memory; micro_batch_size {config.micro_batch_size} "
+            f"x gradient_accumulation_steps {config.gradient_accumulation_steps} = {step} rows still make each step)")
+
+
 def _gib(value: float | None) -> str:
     return "-" if value is None else f"{value / (1 << 30):.1f}"
 
@@ -59,10 +70,7 @@ def _print(spec, result) -> None:  # noqa: ANN001 - JobSpec, Plan (imported lazi
         f"[bold]{spec.name}[/]: {result.base_model} ({size} params, {shape.layers} layers, hidden "
         f"{shape.hidden}, vocab {shape.vocab:,}), {result.method.upper()} r={config.lora_r} on {targets}"
     )
-    console.print(
-        f"micro_batch_size {config.micro_batch_size} x max_seq_len {config.max_seq_len} = "
-        f"{result.memory.micro_batch_tokens:,} tokens per micro-batch; gradient_checkpointing {config.gradient_checkpointing}"
-    )
+    console.print(f"{_micro_batch(config, result.memory.micro_batch_tokens)}; gradient_checkpointing {config.gradient_checkpointing}")
 
     memory = Table(title="GPU memory per GPU", title_justify="left")
     memory.add_column("term")
