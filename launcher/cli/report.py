@@ -63,7 +63,12 @@ def register(app: typer.Typer) -> None:
         def render(summary: dict) -> None:
             _print_review(summary)
             print_quality_table(model.metrics, title="Automatic scores, for comparison: base vs tuned")
-            typer.echo(f"Imported {summary['count']} rated samples into {model.path / 'metrics.json'}")
+            unrated = summary["unrated"]
+            typer.echo(
+                f"Imported {summary['count']} rated samples into {model.path / 'metrics.json'}"
+                + (f"; {unrated} of the job's {summary['samples']} samples are not rated yet and were not imported "
+                   f"(rate them in {import_path} and import it again)." if unrated else ".")
+            )
 
         output(summary, as_json, render)
 
@@ -73,7 +78,7 @@ def print_quality_table(metrics: dict, title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from launcher.report import QUALITY_NOTE, fmt, fmt_change, quality_rows, unmeasured
+    from launcher.report import QUALITY_NOTE, eval_loss_row, fmt, fmt_change, quality_rows, unmeasured
 
     table = Table(title=title, title_justify="left")
     for column in ("metric", "base", "tuned", "change"):
@@ -81,10 +86,10 @@ def print_quality_table(metrics: dict, title: str) -> None:
     for key, base, tuned, gain in quality_rows(metrics):
         style = "green" if gain and gain > 0 else "red" if gain and gain < 0 else None
         table.add_row(key, fmt(base), fmt(tuned), fmt_change(gain, base), style=style)
-    evals = metrics.get("eval") or {}
-    if evals.get("loss_base") is not None:
-        change = (evals["loss_tuned"] - evals["loss_base"]) / evals["loss_base"] * 100 if evals["loss_base"] else None
-        table.add_row("eval loss", fmt(evals["loss_base"], 4), fmt(evals.get("loss_tuned"), 4), fmt_change(change))
+    loss = eval_loss_row(metrics)
+    if loss:
+        base, tuned, change = loss
+        table.add_row("eval loss", fmt(base, 4), fmt(tuned, 4), fmt_change(change, base))
     forgetting = metrics.get("forgetting")
     if forgetting:
         table.add_row(
