@@ -857,26 +857,30 @@ def _peak_memory(device: str) -> int:
 
 
 def summary(metrics: dict[str, Any]) -> None:
-    """The final base-vs-tuned table."""
+    """The final base-vs-tuned table: every change as a relative % beside the two values, as
+    ``launcher report`` shows it."""
     from rich.console import Console
     from rich.table import Table
+
+    from launcher.report import eval_loss_row, fmt_change
 
     table = Table(title="base vs tuned")
     table.add_column("metric")
     table.add_column("base", justify="right")
     table.add_column("tuned", justify="right")
     table.add_column("change", justify="right")
-    if "eval" in metrics:
-        e = metrics["eval"]
-        table.add_row("eval loss", f"{e['loss_base']:.4f}", f"{e['loss_tuned']:.4f}", f"{e['loss_tuned'] - e['loss_base']:+.4f}")
+    loss = eval_loss_row(metrics)
+    if loss:
+        base, tuned, change = loss
+        table.add_row("eval loss", f"{base:.4f}", f"{tuned:.4f}", fmt_change(change, base))
     quality = metrics.get("quality")
     if quality:
         for key in evaluate.METRICS:
             pct = quality["improvement_pct"][key]
-            table.add_row(key, f"{quality['base'][key]:.2f}", f"{quality['tuned'][key]:.2f}", "n/a (base 0)" if pct is None else f"{pct:+.1f}%")
+            table.add_row(key, f"{quality['base'][key]:.2f}", f"{quality['tuned'][key]:.2f}", fmt_change(pct))
     forgetting = metrics.get("forgetting")
     if forgetting:
-        table.add_row("general ppl", f"{forgetting['general_ppl_base']:.3f}", f"{forgetting['general_ppl_tuned']:.3f}", f"{forgetting['rise_pct']:+.1f}%")
+        table.add_row("general ppl", f"{forgetting['general_ppl_base']:.3f}", f"{forgetting['general_ppl_tuned']:.3f}", fmt_change(forgetting["rise_pct"]))
     Console(width=100).print(table)
 
 

@@ -71,7 +71,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from launcher import catalog
-from launcher.errors import LauncherError, MissingExtraError, NotFoundError, SpecError, did_you_mean
+from launcher.errors import LauncherError, MissingExtraError, NotFoundError, SpecError, did_you_mean, reason
 
 if TYPE_CHECKING:
     from launcher.data import Example
@@ -224,7 +224,7 @@ def _gguf_config(path: Path) -> dict[str, Any]:
     try:
         reader = gguf.GGUFReader(path)
     except (ValueError, OSError) as exc:
-        raise SpecError(f"base model '{path}' is not a readable GGUF file ({str(exc)[:120]}). "
+        raise SpecError(f"base model '{path}' is not a readable GGUF file ({reason(exc)}). "
                         "To fix: point base_model at a .gguf file written by llama.cpp, or at a model folder") from None
 
     def value(key: str, default: Any = None) -> Any:
@@ -519,7 +519,10 @@ def _tokenize(base_model: str, examples: list[Example]) -> tuple[list[int] | Non
         else:  # a Hub id: only a tokenizer already in the local Hugging Face cache; plan never downloads
             tokenizer = AutoTokenizer.from_pretrained(base_model, local_files_only=True)
     except (OSError, ValueError, LauncherError) as exc:
-        return None, f"no tokenizer for {base_model} on this machine ({str(exc).splitlines()[0][:80]})"
+        if base_model == "tiny-llama" or path.exists() or base_model.lower().endswith(".gguf"):
+            return None, f"the tokenizer of {base_model} cannot be loaded ({reason(exc)})"
+        return None, (f"{base_model}'s tokenizer is not in the local Hugging Face cache, and plan never downloads "
+                      f"(huggingface-cli download {base_model} counts exactly, as does --tokens N)")
     texts = []
     for example in examples:
         messages = [{"role": role, "content": content} for role, content in example.messages]
@@ -761,10 +764,14 @@ def check_fits(spec: JobSpec) -> MemoryEstimate | None:
     if fits:
         return memory
     need, have = memory.total(checkpointing), usable_bytes(kind)
+    if config.micro_batch_size != spec.training.micro_batch_size:  # what is planned is what the fast path runs
+        batch = (f"one max_seq_len {config.max_seq_len} example per micro-batch: the GPU fast path sizes its micro-batches "
+                 f"itself, micro_batch_size {spec.training.micro_batch_size} only counts the rows of a step")
+    else:
+        batch = f"micro_batch_size {config.micro_batch_size} x max_seq_len {config.max_seq_len} tokens per micro-batch"
     raise SpecError(
         f"the job needs {need / GIB:.1f} GiB per GPU but an {kind} has {have / GIB:.1f} GiB ({asked}; {spec.base_model}, "
-        f"{spec.method}, micro_batch_size {config.micro_batch_size}, max_seq_len {config.max_seq_len}). "
-        f"To fix: {_fixes(shape, config, kind)}"
+        f"{spec.method}, {batch}). To fix: {_fixes(shape, config, kind)}"
     )
 
 

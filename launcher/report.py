@@ -116,10 +116,23 @@ def fmt(value: float | None, digits: int = 2, suffix: str = "") -> str:
 
 
 def fmt_change(value: float | None, base: float | None = 0.0) -> str:
-    """A change in %; None is "n/a (base 0)" when the base scored 0, "n/a" when it was not measured."""
+    """A change in %; None is "n/a (base 0)" when the base scored 0, "n/a" when it was not measured.
+    Every base-vs-tuned change is shown this way (the training summary, the report, the terminal
+    table), with the base and tuned values in the columns beside it."""
     if value is None:
         return "n/a" if base is None else "n/a (base 0)"
     return f"{value:+,.1f}%"
+
+
+def eval_loss_row(metrics: dict[str, Any]) -> tuple[float, float | None, float | None] | None:
+    """``(base, tuned, change %)`` of the eval loss (lower is better: a fall is negative), or None
+    when the job had no eval set."""
+    evals = metrics.get("eval") or {}
+    base, tuned = evals.get("loss_base"), evals.get("loss_tuned")
+    if base is None:
+        return None
+    change = 100.0 * (tuned - base) / base if tuned is not None and base else None
+    return base, tuned, change
 
 
 def sample_facts(sample: dict[str, Any], side: str) -> tuple[facts.FactCounts, set[facts.Fact]]:
@@ -206,10 +219,12 @@ def render_html(model: ModelDir) -> str:
     else:
         parts.append("<p>No quality metrics (the job had no eval samples).</p>")
     parts.append("<h2>Eval loss</h2>")
-    if evals:
-        parts.append(_table(["", "base", "tuned"], [
-            ["loss", fmt(evals.get("loss_base"), 4), fmt(evals.get("loss_tuned"), 4)],
-            ["examples", str(evals.get("examples", "n/a")), ""],
+    loss = eval_loss_row(m)
+    if loss:
+        base, tuned, change = loss
+        parts.append(_table(["", "base", "tuned", "change"], [
+            ["loss", fmt(base, 4), fmt(tuned, 4), fmt_change(change, base)],
+            ["examples", str(evals.get("examples", "n/a")), "", ""],
         ]))
     else:
         parts.append("<p>No eval set.</p>")
@@ -315,7 +330,7 @@ def export_review(model: ModelDir, out: Path, *, force: bool = False) -> int:
     writer.writerow(REVIEW_COLUMNS)
     for s in samples:
         writer.writerow([s["id"], s.get("source", ""), prompt_text(s.get("prompt", [])), s.get("reference", ""), s.get("tuned", ""), "", "", "", ""])
-    write_atomic(out, buffer.getvalue(), encoding="utf-8-sig")  # the BOM makes spreadsheets read UTF-8
+    write_atomic(out, buffer.getvalue(), encoding="utf-8")  # no BOM: csv readers, pandas and diff see the header as is
     return len(samples)
 
 
@@ -324,12 +339,13 @@ def import_review(model: ModelDir, path: Path) -> dict[str, Any]:
 
     Every problem is collected first (``path: row N (sample ID): ...``, N as a spreadsheet numbers
     rows, the header being row 1); on any problem a DataError lists them and nothing is written.
-    A row whose three ratings are all empty is skipped (not reviewed yet).
+    A row whose three ratings are all empty is skipped (not reviewed yet): only the rated rows are
+    imported, and ``unrated`` counts the job's samples without a rating.
     """
     if not path.is_file():
         raise NotFoundError(f"review file '{path}' does not exist. To fix: check the path")
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = path.read_text(encoding="utf-8-sig")  # a spreadsheet may add a BOM when it saves
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 (byte {exc.start}). To fix: save the sheet as CSV UTF-8") from None
     reader = csv.DictReader(io.StringIO(text, newline=""))
@@ -379,6 +395,8 @@ def import_review(model: ModelDir, path: Path) -> dict[str, Any]:
         "criteria": list(CRITERIA),
         "scale": [1, 5],
         "count": len(ratings),
+        "samples": len(known),
+        "unrated": len(known) - len(ratings),  # not imported: rate them and import the sheet again
         "means": {c: round(sum(r[c] for r in ratings) / len(ratings), 3) for c in CRITERIA},
         "distribution": {c: {str(s): sum(1 for r in ratings if r[c] == s) for s in range(1, 6)} for c in CRITERIA},
         "ratings": ratings,
@@ -392,8 +410,8 @@ def import_review(model: ModelDir, path: Path) -> dict[str, Any]:
 
 
 class ReviewErrors(DataError):
-    """Several bad rows; ``lines`` lists them (the CLI prints them before the one-line error)."""
+    """Several bad rows; ``details`` lists them (the CLI prints them before the one-line error)."""
 
     def __init__(self, lines: list[str], message: str):
         super().__init__(message)
-        self.lines = lines
+        self.details = tuple(lines)
