@@ -64,12 +64,14 @@ def test_gs_prefix_without_the_mount_is_downloaded_once_into_the_cache(gcs_emula
     bucket = clouds.gcs_client().create_bucket("models")
     for path in tiny_llama_dir.iterdir():
         bucket.blob(f"bases/tiny/{path.name}").upload_from_filename(str(path))
+    media: list[str] = []  # every object download the storage client makes
+    clouds.gcs_client()._http.hooks["response"].append(lambda r, *a, **k: media.append(r.url) if "alt=media" in r.url else None)
     local = models.resolve("gs://models/bases/tiny")
     assert models.load_tokenizer(local).chat_template
     assert sorted(p.name for p in Path(local).iterdir()) == sorted(p.name for p in tiny_llama_dir.iterdir())
-    (Path(local) / "config.json").write_text("{}")  # what a second download would overwrite
+    assert len(media) == len(list(tiny_llama_dir.iterdir()))
     assert models.resolve("gs://models/bases/tiny") == local
-    assert (Path(local) / "config.json").read_text() == "{}"  # cached: no second download
+    assert len(media) == len(list(tiny_llama_dir.iterdir()))  # cached: no second download
     with pytest.raises(NotFoundError, match="no objects under gs://models/nothing. To fix:"):
         models.resolve("gs://models/nothing")
 
