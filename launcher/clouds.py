@@ -93,7 +93,7 @@ def aws_region(region: str | None = None, service: str = "") -> str | None:
     if not region and service not in AWS_REGIONLESS:
         raise SpecError(
             f"no AWS region is set for {service or 'AWS'}. "
-            "To fix: export AWS_REGION=us-east-1 (your region), or set region in the spec's backend section"
+            "To fix: export AWS_REGION=us-east-1 (your region), or set sagemaker.region in the job spec"
         )
     return region or None
 
@@ -162,7 +162,7 @@ def vertex_client(kind: str, region: str, *, channel: Any = None) -> Any:
     if kind not in VERTEX_SERVICES:
         raise ValueError(f"unknown Vertex AI client kind {kind!r}; one of {', '.join(VERTEX_SERVICES)}")
     if not region:
-        raise SpecError("no Vertex AI region is set. To fix: set region in the spec's vertex section (e.g. us-central1)")
+        raise SpecError("no Vertex AI region is set. To fix: set vertex.region in the job spec (e.g. us-central1)")
     service, module = VERTEX_SERVICES[kind]
     purpose = f"Talking to Vertex AI's {service}"
     aiplatform_v1 = _require("google.cloud.aiplatform_v1", "google-cloud-aiplatform", "gcp", purpose)
@@ -231,17 +231,22 @@ AWS_THROTTLED = {"Throttling", "ThrottlingException", "SlowDown", "TooManyReques
 AWS_CHANGED = {"412", "PreconditionFailed"}
 
 
+def aws_errors(resource: str, permission: str, *, missing: str = "check the name") -> contextlib.AbstractContextManager:
+    """Translate a botocore / boto3 exception raised in the block into a launcher error about
+    ``resource`` (``s3://bucket/key``, ``training job NAME``): NotFoundError ending ``To fix:
+    <missing>``, or BackendError naming ``permission`` (``s3:GetObject``) for a refusal. Other
+    exceptions pass unchanged."""
+    return _translated(_from_botocore, resource, permission, missing)
+
+
 @contextlib.contextmanager
-def aws_errors(resource: str, permission: str, *, missing: str = "check the name") -> Iterator[None]:
-    """Translate a botocore exception raised in the block into a launcher error about ``resource``
-    (``s3://bucket/key``, ``training job NAME``): NotFoundError ending ``To fix: <missing>``, or
-    BackendError naming ``permission`` (``s3:GetObject``) for a refusal. Other exceptions pass."""
+def _translated(translate: Callable[..., LauncherError | None], *context: str) -> Iterator[None]:
     try:
         yield
     except LauncherError:
         raise
     except Exception as exc:
-        mapped = _from_botocore(exc, resource, permission, missing)
+        mapped = translate(exc, *context)
         if mapped is None:
             raise
         raise mapped from exc
@@ -281,20 +286,12 @@ def _from_botocore(exc: Exception, resource: str, permission: str, missing: str)
     return None
 
 
-@contextlib.contextmanager
-def google_errors(resource: str, permission: str, *, missing: str = "check the name") -> Iterator[None]:
+def google_errors(resource: str, permission: str, *, missing: str = "check the name") -> contextlib.AbstractContextManager:
     """Translate a google-api-core / google-auth exception raised in the block into a launcher error
-    about ``resource`` (``gs://bucket/key``, ``CustomJob NAME``): NotFoundError ending
-    ``To fix: <missing>``, or BackendError naming ``permission`` (``storage.objects.get``)."""
-    try:
-        yield
-    except LauncherError:
-        raise
-    except Exception as exc:
-        mapped = _from_google(exc, resource, permission, missing)
-        if mapped is None:
-            raise
-        raise mapped from exc
+    about ``resource`` (``gs://bucket/key``, ``CustomJob NAME``): NotFoundError ending ``To fix:
+    <missing>``, or BackendError naming ``permission`` (``storage.objects.get``). Other exceptions
+    pass unchanged."""
+    return _translated(_from_google, resource, permission, missing)
 
 
 def _from_google(exc: Exception, resource: str, permission: str, missing: str) -> LauncherError | None:

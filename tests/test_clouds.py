@@ -179,7 +179,7 @@ def test_vertex_client_speaks_plaintext_grpc_to_the_emulator_without_credentials
         assert type(clouds.vertex_client(kind, "us-central1")).__name__ == f"{service}Client"
     injected = clouds.vertex_client("job", "us-central1", channel=grpc.insecure_channel(address))
     assert injected is not client and injected.get_custom_job(name=name).name == name
-    with pytest.raises(SpecError, match="no Vertex AI region is set. To fix: set region"):
+    with pytest.raises(SpecError, match="no Vertex AI region is set. To fix: set vertex.region in the job spec"):
         clouds.vertex_client("job", "")
 
 
