@@ -89,6 +89,24 @@ def fetch(uri: str) -> Path:
     return target
 
 
+def object_versions(uri: str) -> list[tuple[str, str]]:
+    """(key, ETag or generation) of the object at an ``s3://`` / ``gs://`` URI, or of every object under
+    it when it names a prefix: what the objects are, without downloading them (a dataset's content in
+    the job identity)."""
+    scheme, bucket, key = _parse(uri)
+    store = _S3(bucket) if scheme == "s3" else _GCS(bucket)
+    if key and not key.endswith("/"):
+        try:
+            return [(obj.key, obj.version) for obj in [store.head(key)]]
+        except NotFoundError:
+            pass  # a prefix written without its trailing slash
+    prefix = key.rstrip("/") + "/" if key.strip("/") else ""
+    found = [(obj.key, obj.version) for obj in store.list(prefix) if not obj.key.endswith("/")]
+    if not found:
+        raise NotFoundError(f"no objects at {uri}. To fix: upload the data there or check the URI")
+    return found
+
+
 @dataclass(frozen=True)
 class _Object:
     key: str

@@ -86,13 +86,13 @@ def fingerprint(files: list[Path]) -> str:
 def content_digest(uri: str | Path) -> str:
     """What a dataset holds, for the job identity: the SHA-256 of a local file or folder's JSONL files
     (their content, not their path: moving the checkout keeps the job), or, for ``s3://`` and ``gs://``
-    prefixes, a hash of the objects' names and ETags / generations (read through ``launcher.clouds``; no
+    prefixes, a hash of the objects' names and ETags / generations (read through ``launcher.artifacts``; no
     download)."""
     uri = str(uri)
     if uri.startswith(("s3://", "gs://")):
-        from launcher import clouds
+        from launcher import artifacts
 
-        return hashlib.sha256(json.dumps(clouds.object_versions(uri), sort_keys=True).encode()).hexdigest()
+        return hashlib.sha256(json.dumps(artifacts.object_versions(uri), sort_keys=True).encode()).hexdigest()
     return fingerprint(dataset_files(uri))
 
 

@@ -162,3 +162,27 @@ def test_generation_longer_than_a_training_row_is_a_spec_error():
     with pytest.raises(SpecError, match=r"max_new_tokens \(1024\) must be below max_seq_len \(1024\).*To fix: lower max_new_tokens"):
         TrainConfig.from_mapping({"max_new_tokens": "1024"})
     assert TrainConfig.from_mapping({"max_new_tokens": "1023"}).max_new_tokens == 1023
+
+
+def test_remote_data_counts_by_its_objects_versions(moto_server, gcs_emulator):
+    """s3:// and gs:// data: the objects' ETags / generations, read without downloading: rewriting the
+    data makes a new job, re-reading it does not."""
+    import boto3
+    from google.cloud import storage
+
+    from launcher.data import content_digest
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="data")
+    s3.put_object(Bucket="data", Key="fin/train.jsonl", Body=b'{"prompt": "q", "completion": "a"}\n')
+    first = content_digest("s3://data/fin/train.jsonl")
+    assert first == content_digest("s3://data/fin/train.jsonl") == content_digest("s3://data/fin/")  # a file or its folder
+    s3.put_object(Bucket="data", Key="fin/train.jsonl", Body=b'{"prompt": "q", "completion": "b"}\n')
+    assert content_digest("s3://data/fin/train.jsonl") != first
+    bucket = storage.Client().create_bucket("gdata")
+    bucket.blob("export/training-0.jsonl").upload_from_string(b'{"prompt": "q", "completion": "a"}\n')
+    before = content_digest("gs://gdata/export")
+    bucket.blob("export/training-0.jsonl").upload_from_string(b'{"prompt": "q", "completion": "c"}\n')
+    assert content_digest("gs://gdata/export") != before
+    with pytest.raises(NotFoundError, match="no objects at s3://data/nothing"):
+        content_digest("s3://data/nothing")
