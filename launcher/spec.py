@@ -379,7 +379,8 @@ class JobSpec(StrictModel):
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             raise SpecError(f"{where}: not valid YAML ({problem}). To fix: correct the YAML syntax there") from None
         if not isinstance(values, dict):
-            raise SpecError(f"{path}: a job spec is a YAML mapping (name:, data:, ...), not {type(values).__name__}")
+            raise SpecError(f"{path}: a job spec is a YAML mapping (name:, data:, ...), not {type(values).__name__}. "
+                          "To fix: start the file with name: and data: ('launcher init' writes an example)")
         spec = parse_model(cls, values, str(path))
         return spec.resolve_paths(path.parent)
 
@@ -479,7 +480,7 @@ def spec_error(exc: ValidationError, model: type[BaseModel], source: str) -> Spe
         parent = _model_at(model, loc[:-1])
         hint = did_you_mean(str(loc[-1]), parent.model_fields) if parent else ""
         valid = f" Valid keys: {', '.join(parent.model_fields)}." if parent and not hint else ""
-        return SpecError(f"{source}: unknown key '{dotted}'.{hint}{valid}{more}")
+        return SpecError(f"{source}: unknown key '{dotted}'.{hint}{valid} To fix: correct or remove '{dotted}'{more}")
     if first["type"] == "missing":
         return SpecError(f"{source}: missing required key '{dotted}'. To fix: add it{more}")
     message = first["msg"].removeprefix("Value error, ")

@@ -167,7 +167,8 @@ class Backend(ABC):
         """Raise one clear error when this backend lacks ``feature``."""
         reason = self.unsupported.get(feature)
         if reason is not None:
-            raise UnsupportedError(f"the '{self.name}' backend does not support {feature.value}: {reason}")
+            fix = "" if "To fix" in reason else ". To fix: use a backend that supports it (--backend)"
+            raise UnsupportedError(f"the '{self.name}' backend does not support {feature.value}: {reason}{fix}")
 
     # --- training --------------------------------------------------------------------------------
     def check(self, spec: JobSpec) -> list[str]:

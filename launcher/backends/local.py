@@ -190,7 +190,7 @@ class LocalBackend(Backend):
                 start_new_session=True,
             )
         if runner.wait() != 0:  # the first process only forks and exits
-            raise BackendError(f"could not start the local runner for {folder.name}; see {folder / 'logs.txt'}")
+            raise BackendError(f"could not start the local runner for {folder.name}. To fix: read {folder / 'logs.txt'}, then run the command again")
 
     def status(self, ref: JobRef) -> JobInfo:
         job_id = ref.job_id
@@ -298,7 +298,7 @@ class LocalBackend(Backend):
             if pgid:
                 return int(pgid)
             if time.monotonic() > deadline:
-                raise BackendError(f"cannot find the process group of job {folder.name}; see {folder / 'logs.txt'}")
+                raise BackendError(f"cannot find the process group of job {folder.name}. To fix: read {folder / 'logs.txt'}, then run the command again")
             time.sleep(0.05)
         return None
 
