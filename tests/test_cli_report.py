@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -27,8 +25,9 @@ def cli(*args: str):
 @pytest.fixture
 def model_dir(finished_job) -> Path:
     """A private copy of the finished job's model dir, its eval losses set to known values."""
-    target = Path(os.environ["LAUNCHER_HOME"]) / "jobs" / JOB_ID / "model"
-    shutil.copytree(finished_job / "model", target)
+    from conftest import install_local_job
+
+    target = install_local_job(JOB_ID, finished_job / "model")
     metrics = json.loads((target / "metrics.json").read_text(encoding="utf-8"))
     metrics["eval"].update(loss_base=8.1246, loss_tuned=0.5)
     (target / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")

@@ -26,7 +26,6 @@ from launcher.backends.base import JobRef, JobState
 from launcher.backends.local import LocalBackend
 from launcher.cli.main import app
 from launcher.errors import JobFailedError, NotFoundError
-from launcher.spec import JobSpec
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()

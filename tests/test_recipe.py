@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import summary_records, write_jsonl
+from conftest import summary_records
 
 from entrypoints import evaluate, platform, sequences, train
 from launcher.spec import TrainConfig

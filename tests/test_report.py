@@ -7,7 +7,6 @@ import csv
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -27,11 +26,9 @@ def cli(*args: str):
 @pytest.fixture
 def model_dir(finished_job) -> Path:
     """A private copy of the finished job's model dir, placed where a local job id resolves."""
-    folder = Path(os.environ["LAUNCHER_HOME"]) / "jobs" / JOB_ID
-    shutil.copytree(finished_job / "model", folder / "model")
-    (folder / "job.json").write_text(json.dumps({"job_id": JOB_ID, "name": "fin-summary", "created_at": "2026-12-01T10:00:00Z"}))
-    (folder / "state.json").write_text(json.dumps({"state": "SUCCEEDED", "attempt": 1}))  # as the local runner leaves it
-    return folder / "model"
+    from conftest import install_local_job
+
+    return install_local_job(JOB_ID, finished_job / "model")
 
 
 def metrics(model: Path) -> dict:
