@@ -38,6 +38,7 @@ from typing import Any
 
 from entrypoints import checkpoint, evaluate, models, platform, sequences
 from launcher import data as datasets_io
+from launcher import memory
 from launcher.errors import DataError, LauncherError, MissingExtraError, SpecError, UserInputError
 from launcher.spec import INTERRUPTED_EXIT_CODE, TrainConfig
 
@@ -120,14 +121,10 @@ class Recipe:
         if precision == "auto":
             precision = "bf16" if self.device == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
         self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        cfg = self.config
-        self.fast = cfg.fast_path == "on" or (cfg.fast_path == "auto" and self.device == "cuda")
-        # "auto": the CPU path never checkpoints; on the fast path LoRA checkpoints only if one example
-        # does not fit without it, QLoRA as few layers as fit in the standard path's memory (decided in
-        # _setup_batches; it starts with every layer checkpointed).
-        self.gradient_checkpointing = cfg.gradient_checkpointing == "on" or (
-            cfg.gradient_checkpointing == "auto" and self.fast and cfg.method == "qlora"
-        )
+        # The rules launcher plan plans with (launcher.memory): on the fast path "auto" checkpointing is
+        # then settled from measured memory in _setup_batches.
+        policy = memory.runtime_policy(self.config, self.device)
+        self.fast, self.gradient_checkpointing = policy.fast, policy.gradient_checkpointing
         self.use_liger = False
         # Seed before anything draws random numbers (the data split, LoRA initialisation, dropout).
         random.seed(self.config.seed)
@@ -372,18 +369,16 @@ class Recipe:
         return budget
 
     def _qlora_memory_target(self) -> int | None:
-        """``launcher.plan.qlora_memory_target`` for this model (None: not QLoRA under auto, or a shape
+        """``launcher.memory.qlora_memory_target`` for this model (None: not QLoRA under auto, or a shape
         the memory model does not understand, which then checkpoints every layer)."""
-        from launcher import plan
-
         if self.config.method != "qlora":
             return None
         try:
-            shape = plan.ModelShape.from_config(self.model.get_base_model().config.to_dict(), name=self.config.base_model, source="config")
+            shape = memory.ModelShape.from_config(self.model.get_base_model().config.to_dict(), name=self.config.base_model, source="config")
         except SpecError as exc:
             log(f"QLoRA: no memory target from the model's shape ({exc}); every layer checkpointed")
             return None
-        target = plan.qlora_memory_target(shape, self.config)
+        target = memory.qlora_memory_target(shape, self.config)
         if target is not None:
             log(f"QLoRA memory target {target / 2**30:.1f} GiB: what {self.config.micro_batch_size} padded rows of "
                 f"{self.config.max_seq_len} tokens take on the standard path (set max_memory_gib to change it)")
