@@ -3,7 +3,8 @@
 Everything here is arithmetic over data files in ``launcher/catalog/``: ``models.json`` (architecture
 numbers), ``gpus.json`` (memory, bf16 peak), ``prices.json`` (the one dated price table) and
 ``throughput.json`` (measured tokens/s). Calibrating or re-pricing is a data edit. No torch here; the
-tokenizer is imported only when the dataset's tokens are counted.
+tokenizer is imported only when the dataset's tokens are counted, through the training entrypoint's
+own loading and tokenisation (``launcher.tokens``, as ``launcher validate`` counts).
 
 The memory model and the fast-path and checkpointing decisions are ``launcher.memory``'s, shared with
 the training entrypoint; this module finds the model's shape (``find_model``: the catalog, a local
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from launcher import catalog
-from launcher.errors import LauncherError, MissingExtraError, NotFoundError, SpecError, did_you_mean
+from launcher.errors import MissingExtraError, NotFoundError, SpecError, did_you_mean
 from launcher.memory import (
     CUDA_CONTEXT_BYTES,
     GIB,
@@ -48,7 +49,6 @@ from launcher.memory import (
 )
 
 if TYPE_CHECKING:
-    from launcher.data import Example
     from launcher.spec import JobSpec, TrainConfig
 
 
@@ -233,58 +233,31 @@ class DatasetTokens:
 
 
 def count_dataset_tokens(spec: JobSpec) -> DatasetTokens:
-    """Count the training set's tokens with the model's tokenizer and chat template when it is here,
-    else estimate them as characters / 4 (+4 per message). Remote data (s3://, gs://) is not read."""
+    """Count the training set's tokens as training tokenises them (``launcher.tokens``, which
+    ``launcher validate`` counts with too) when the model's tokenizer is here, else estimate them as
+    characters / 4 (+4 per message). Remote data (s3://, gs://) is not read, nor is anything downloaded."""
     from launcher.data import load_examples
+    from launcher.tokens import token_counter
 
     uri = spec.data.train
     if "://" in uri:
         return DatasetTokens(None, None, "unknown", f"{uri} is remote and is not read here, so time and cost are unknown. To fix: pass --tokens N (tokens in one epoch)")
     examples = load_examples(uri)
-    lengths, why = _tokenize(spec.base_model, examples)
-    method = "counted" if why is None else "estimated"
-    if lengths is None:
+    counter = token_counter(spec.base_model, spec.hf_token_env, download=False)
+    if counter.exact:
+        lengths = [counter.count(e) for e in examples]
+        how = f"{spec.base_model} tokenizer and chat template"
+    else:
         lengths = [sum(len(content) for _, content in e.messages) // 4 + 4 * len(e.messages) for e in examples]
+        how = f"characters / 4 because {counter.reason}"
     cap = spec.training.max_seq_len
     total = sum(min(n, cap) for n in lengths)
-    note = f"{len(examples):,} examples, " + (f"characters / 4 because {why}" if why else f"{spec.base_model} tokenizer and chat template")
+    note = f"{len(examples):,} examples, {how}"
     if spec.data.eval is None:
         held_out = spec.training.eval_fraction
         total = round(total * (1 - held_out))
         note += f", less the {held_out:.0%} held out for evaluation"
-    return DatasetTokens(total, len(examples), method, note)
-
-
-def _tokenize(base_model: str, examples: list[Example]) -> tuple[list[int] | None, str | None]:
-    """Token counts per example with the chat template applied, or (None, why not)."""
-    try:
-        from transformers import AutoTokenizer
-    except ImportError:
-        return None, "transformers is not installed (pip install \"launcher[train]\" to count exactly)"
-    path = Path(base_model).expanduser()
-    try:
-        if base_model == "tiny-llama":
-            from entrypoints import tiny_llama
-
-            tokenizer = AutoTokenizer.from_pretrained(tiny_llama.materialize())
-        elif base_model.lower().endswith(".gguf") and not path.is_dir():  # read from the file; not converted for a plan
-            from entrypoints import models
-
-            tokenizer = models.load_tokenizer(base_model, convert=False)
-        elif path.is_dir():
-            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        else:  # a Hub id: only a tokenizer already in the local Hugging Face cache; plan never downloads
-            tokenizer = AutoTokenizer.from_pretrained(base_model, local_files_only=True)
-    except (OSError, ValueError, LauncherError) as exc:
-        return None, f"no tokenizer for {base_model} on this machine ({str(exc).splitlines()[0][:80]})"
-    texts = []
-    for example in examples:
-        messages = [{"role": role, "content": content} for role, content in example.messages]
-        try:
-            texts.append(tokenizer.apply_chat_template(messages, tokenize=False))
-        except (ValueError, TypeError):  # no chat template (a base model): plain text
-            texts.append("\n".join(content for _, content in example.messages))
-    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]], None
+    return DatasetTokens(total, len(examples), "counted" if counter.exact else "estimated", note)
 
 
 # --- the plan ---------------------------------------------------------------------------------------------

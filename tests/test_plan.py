@@ -4,9 +4,11 @@ bad input. The memory arithmetic itself is tests/test_memory.py's."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -14,11 +16,12 @@ from typer.testing import CliRunner
 from launcher.cli.main import app
 from launcher.errors import NotFoundError, SpecError
 from launcher.memory import qlora_memory_target
-from launcher.plan import check_fits, find_model, plan, resolve_model
+from launcher.plan import DatasetTokens, check_fits, find_model, plan, resolve_model
 from launcher.spec import JobSpec, TrainConfig
 
 runner = CliRunner()
 LLAMA3_8B = "meta-llama/Meta-Llama-3-8B"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def make_spec(tmp_path, **overrides) -> JobSpec:
@@ -165,21 +168,29 @@ def test_remote_data_without_tokens_leaves_time_unknown(tmp_path):
     assert all(c.hours is None and c.on_demand_cost is None for c in result.candidates)
 
 
-def test_local_dataset_is_counted_with_the_tiny_llama_tokenizer(tmp_path, tiny_llama_dir):
-    from transformers import AutoTokenizer
+def training_rows(base_model: str, train: str, max_seq_len: int) -> int:
+    """Tokens in the rows training builds from ``train``: its tokenizer, its tokenisation."""
+    from entrypoints import models, sequences
+    from launcher.data import load_examples
 
-    train = write_train(tmp_path)
-    spec = make_spec(tmp_path, base_model="tiny-llama", data={"train": train})
+    tokenizer = models.load_tokenizer(base_model)
+    return sum(len(sequences.tokenize(tokenizer, e, max_seq_len)) for e in load_examples(train))
+
+
+def test_the_example_dataset_is_counted_as_training_tokenises_it(tiny_llama_dir):
+    spec = JobSpec.from_yaml(EXAMPLES / "fin-summary.yaml")  # tiny-llama, with an eval set: nothing held out
     result = plan(spec)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
-    rows = [json.loads(line) for line in open(train)]
-    texts = [
-        tokenizer.apply_chat_template([{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["completion"]}], tokenize=False)
-        for r in rows
-    ]
-    exact = sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+    assert result.dataset == DatasetTokens(training_rows("tiny-llama", spec.data.train, spec.training.max_seq_len), 1200,
+                                           "counted", "1,200 examples, tiny-llama tokenizer and chat template")
+
+
+def test_a_model_without_a_chat_template_is_counted_with_the_one_training_gives_it(tmp_path, tiny_llama_dir):
+    model = tmp_path / "no-template"
+    shutil.copytree(tiny_llama_dir, model, ignore=shutil.ignore_patterns("chat_template.jinja", "*.safetensors"))
+    train = write_train(tmp_path)
+    result = plan(make_spec(tmp_path, base_model=str(model), data={"train": train}))
     assert result.dataset.method == "counted"
-    assert result.dataset.tokens == round(exact * 0.9)  # eval_fraction 0.1 held out (no eval set)
+    assert result.dataset.tokens == round(training_rows(str(model), train, 1024) * 0.9)  # eval_fraction 0.1 held out (no eval set)
 
 
 def test_dataset_without_a_tokenizer_is_estimated(tmp_path):
