@@ -6,26 +6,27 @@
 * a local folder with ``config.json``;
 * a local ``.gguf`` file (llama.cpp's format, often quantised): dequantised once by transformers and the
   ``gguf`` package into a normal checkpoint folder in the cache (see ``resolve_gguf``);
-* ``s3://bucket/prefix`` (downloaded with boto3, which honours ``AWS_ENDPOINT_URL``) or
-  ``gs://bucket/prefix`` (read through the ``/gcs`` mount on Vertex AI, else downloaded with
-  google-cloud-storage);
+* ``s3://bucket/prefix`` or ``gs://bucket/prefix`` (a ``gs://`` one read through the ``/gcs`` mount on
+  Vertex AI), or a ``model.tar.gz`` there: downloaded into the cache by ``launcher.artifacts.fetch``,
+  once per version of the objects (the same download path as a job's outputs);
 * a Hugging Face model id, downloaded inside the job. Its token is read from the environment
   variable the job names (``hf_token_env``, default ``HF_TOKEN``), never from hyperparameters.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from launcher import artifacts
 from launcher.errors import MissingExtraError, NotFoundError, SpecError
+from launcher.state import atomic_folder, cache_root
 
 if TYPE_CHECKING:
     from launcher.spec import TrainConfig
@@ -40,10 +41,6 @@ DEFAULT_CHAT_TEMPLATE = (
 )
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("LAUNCHER_CACHE") or Path.home() / ".cache" / "launcher")
-
-
 def resolve(base_model: str) -> str:
     """A local folder or a Hub id that ``from_pretrained`` can load."""
     if base_model == "tiny-llama":
@@ -51,12 +48,12 @@ def resolve(base_model: str) -> str:
 
         return str(tiny_llama.materialize(cache_root()))
     if base_model.startswith("s3://"):
-        return str(_download(base_model))
+        return str(artifacts.fetch(base_model))
     if base_model.startswith("gs://"):
         from entrypoints.platform import gcs_path
 
         mounted = gcs_path(base_model)
-        return str(mounted) if mounted.is_dir() else str(_download(base_model))
+        return str(mounted) if mounted.is_dir() else str(artifacts.fetch(base_model))
     if is_gguf(base_model):
         return str(resolve_gguf(base_model))
     path = Path(base_model).expanduser()
@@ -73,6 +70,23 @@ def hub_token(config: TrainConfig) -> str | None:
     return os.environ.get(config.hf_token_env) or None
 
 
+@contextlib.contextmanager
+def hub_errors(base_model: str):
+    """A Hub model that cannot be had (no network, a wrong id, a gated model without a token) is one
+    line naming the fix, not a traceback: transformers raises OSError for all of them."""
+    try:
+        yield
+    except OSError as exc:
+        if "://" in base_model or base_model.startswith((".", "/", "~")) or Path(base_model).expanduser().exists():
+            raise
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise NotFoundError(
+            f"base model '{base_model}' cannot be loaded from the Hugging Face Hub: {reason}. To fix: check the id "
+            "and the network (HF_HUB_OFFLINE must be unset to download), and for a gated model put a token in the "
+            "environment variable hf_token_env names"
+        ) from None
+
+
 def load_tokenizer(base_model: str, token: str | None = None, *, convert: bool = True):
     """The base model's tokenizer, with a pad token and a chat template guaranteed.
 
@@ -85,7 +99,8 @@ def load_tokenizer(base_model: str, token: str | None = None, *, convert: bool =
         _require_gguf(path)
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     else:
-        tokenizer = AutoTokenizer.from_pretrained(resolve(base_model), token=token)
+        with hub_errors(base_model):
+            tokenizer = AutoTokenizer.from_pretrained(resolve(base_model), token=token)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:
@@ -114,7 +129,8 @@ def load_base(config: TrainConfig, device: str, *, dtype, attn_implementation: s
             bnb_4bit_compute_dtype=dtype,
         )
         kwargs["device_map"] = {"": device if device != "cuda" else torch.cuda.current_device()}
-    model = AutoModelForCausalLM.from_pretrained(resolve(config.base_model), **kwargs)
+    with hub_errors(config.base_model):
+        model = AutoModelForCausalLM.from_pretrained(resolve(config.base_model), **kwargs)
     if config.method != "qlora":
         model.to(device)
     return model
@@ -207,7 +223,7 @@ def resolve_gguf(base_model: str) -> Path:
     _require_gguf(path)
     target = _gguf_folder(path)
     print(f"converting GGUF base model {path} into {target} (once; later runs reuse it)", flush=True)
-    return _atomic_folder(target, lambda tmp: _convert_gguf(path, tmp))
+    return atomic_folder(target, lambda tmp: _convert_gguf(path, tmp))
 
 
 def provenance(base_model: str) -> dict[str, Any] | None:
@@ -309,64 +325,3 @@ def _version(name: str) -> str | None:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return None
-
-
-def _cache_folder(uri: str) -> Path:
-    """Where a remote model folder is downloaded to (complete once it holds config.json)."""
-    return cache_root() / "models" / hashlib.sha256(uri.encode()).hexdigest()[:16]
-
-
-def _download(uri: str) -> Path:
-    """The model folder under an s3:// or gs:// prefix, downloaded once into the cache (atomically, so a
-    cached folder is complete)."""
-    target = _cache_folder(uri)
-    if (target / "config.json").is_file():
-        return target
-    scheme, _, rest = uri.partition("://")
-    bucket, _, prefix = rest.partition("/")
-    if scheme == "s3":
-        try:
-            import boto3
-        except ImportError:
-            raise MissingExtraError("boto3", "aws", f"Loading the base model from {uri}") from None
-        client = boto3.client("s3")
-        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-        keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
-
-        def download(key: str, dest: Path) -> None:
-            client.download_file(bucket, key, str(dest))
-    else:
-        try:
-            from google.cloud import storage
-        except ImportError:
-            raise MissingExtraError("google-cloud-storage", "gcp", f"Loading the base model from {uri}") from None
-        blobs = {blob.name: blob for blob in storage.Client().list_blobs(bucket, prefix=prefix)}
-        keys = list(blobs)
-
-        def download(key: str, dest: Path) -> None:
-            blobs[key].download_to_filename(str(dest))
-    keys = [key for key in keys if not key.endswith("/")]
-    if not keys:
-        raise NotFoundError(f"no objects under {uri}. To fix: upload the model there or check the prefix")
-
-    def fill(tmp: Path) -> None:
-        for key in keys:
-            dest = tmp / key[len(prefix):].lstrip("/")
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            download(key, dest)
-
-    return _atomic_folder(target, fill)
-
-
-def _atomic_folder(target: Path, fill) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        fill(tmp)
-        tmp.rename(target)
-    except OSError:
-        if not (target / "config.json").is_file():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target

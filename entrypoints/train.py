@@ -225,10 +225,8 @@ class Recipe:
             if cfg.kernels == "liger" and not self.use_liger:
                 raise SpecError(f"kernels: liger needs liger-kernel, triton and a CUDA GPU, and a supported architecture (got '{model_type}'). To fix: kernels: auto")
         if cfg.fp8 == "on":
-            lacking = None
-            if cfg.method != "lora":
-                lacking = f"method {cfg.method}"
-            elif not self.fast:
+            lacking = None  # (method qlora and fast_path off are refused when the spec is validated)
+            if not self.fast:
                 lacking = "fast_path off"
             elif self.device != "cuda":
                 lacking = f"device {self.device}"
@@ -282,7 +280,8 @@ class Recipe:
         """The base model's transformers config (read before the weights, which it helps load)."""
         from transformers import AutoConfig
 
-        return AutoConfig.from_pretrained(models.resolve(self.config.base_model), token=models.hub_token(self.config))
+        with models.hub_errors(self.config.base_model):
+            return AutoConfig.from_pretrained(models.resolve(self.config.base_model), token=models.hub_token(self.config))
 
     def model_type(self) -> str:
         return self.base_config().model_type
@@ -758,26 +757,30 @@ def _peak_memory(device: str) -> int:
 
 
 def summary(metrics: dict[str, Any]) -> None:
-    """The final base-vs-tuned table."""
+    """The final base-vs-tuned table: every change as a relative % beside the two values, as
+    ``launcher report`` shows it."""
     from rich.console import Console
     from rich.table import Table
+
+    from launcher.report import eval_loss_row, fmt_change
 
     table = Table(title="base vs tuned")
     table.add_column("metric")
     table.add_column("base", justify="right")
     table.add_column("tuned", justify="right")
     table.add_column("change", justify="right")
-    if "eval" in metrics:
-        e = metrics["eval"]
-        table.add_row("eval loss", f"{e['loss_base']:.4f}", f"{e['loss_tuned']:.4f}", f"{e['loss_tuned'] - e['loss_base']:+.4f}")
+    loss = eval_loss_row(metrics)
+    if loss:
+        base, tuned, change = loss
+        table.add_row("eval loss", f"{base:.4f}", f"{tuned:.4f}", fmt_change(change, base))
     quality = metrics.get("quality")
     if quality:
         for key in evaluate.METRICS:
             pct = quality["improvement_pct"][key]
-            table.add_row(key, f"{quality['base'][key]:.2f}", f"{quality['tuned'][key]:.2f}", "n/a (base 0)" if pct is None else f"{pct:+.1f}%")
+            table.add_row(key, f"{quality['base'][key]:.2f}", f"{quality['tuned'][key]:.2f}", fmt_change(pct))
     forgetting = metrics.get("forgetting")
     if forgetting:
-        table.add_row("general ppl", f"{forgetting['general_ppl_base']:.3f}", f"{forgetting['general_ppl_tuned']:.3f}", f"{forgetting['rise_pct']:+.1f}%")
+        table.add_row("general ppl", f"{forgetting['general_ppl_base']:.3f}", f"{forgetting['general_ppl_tuned']:.3f}", fmt_change(forgetting["rise_pct"]))
     Console(width=100).print(table)
 
 
@@ -816,11 +819,12 @@ def main(argv: list[str] | None = None) -> int:
     except LauncherError as exc:
         _fail(plat, str(exc))
         return exc.exit_code if isinstance(exc, UserInputError) else 1
-    except Exception as exc:  # a crash: keep the traceback in the logs, the reason in the failure file
+    except Exception as exc:  # a crash: keep the traceback in the logs, the reason (one line) in the failure file
         import traceback
 
         traceback.print_exc()
-        _fail(plat, f"{type(exc).__name__}: {exc}")
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+        _fail(plat, f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__)
         return 1
 
 

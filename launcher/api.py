@@ -6,10 +6,13 @@
     print(handle.metrics()["quality"]["tuned"])
     attach(handle.job_id).status()  # from any process, later
 
-``launch`` is idempotent: the job id comes from the spec and the run name, so launching the same spec
-again re-attaches to a pending, running or succeeded job and resumes an interrupted, failed or cancelled
-one. Everything is checked before anything is staged: the data files (``launcher.data.validate_dataset``),
-what the backend supports, and that the job fits the GPU asked for (``launcher.plan.check_fits``).
+``request`` builds the one ``LaunchRequest`` a backend receives, after every check (the data files,
+what the backend supports, that the job fits the GPU asked for); nothing is staged before. ``launch``
+is idempotent, in this one place for every backend: the job id comes from what defines the training
+(``JobSpec.identity``: settings, compute, the data's content, the backend) and the run name, and the
+backend is asked for that id before anything is created. A pending, running (a platform restart
+included) or succeeded job is re-attached; an interrupted, failed or cancelled one is submitted again
+as its next attempt and resumes from its newest checkpoint.
 
 ``wait`` raises ``JobFailedError`` when the job fails (a script should not carry on with no model), and
 returns the final ``JobInfo`` otherwise, a cancelled or interrupted job included: those were asked for,
@@ -18,17 +21,19 @@ or can be resumed by launching again.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
-import importlib
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from launcher import index
 from launcher.backends import registry
-from launcher.backends.base import Backend, JobInfo, JobState
-from launcher.errors import DataError, JobFailedError, NotFoundError, UserInputError, did_you_mean
-from launcher.spec import JobSpec
+from launcher.backends.base import Backend, JobExists, JobInfo, JobRef, JobState, LaunchRequest
+from launcher.errors import DataError, JobFailedError, LauncherError, MissingExtraError, NotFoundError, UserInputError, did_you_mean
+from launcher.spec import JobSpec, base_model_digest
 
 Job = JobSpec
 
@@ -36,27 +41,45 @@ Job = JobSpec
 class JobHandle:
     """A job on some backend; cheap to make, holds no process or connection."""
 
-    def __init__(self, job_id: str, backend: Backend, reattached: bool = False):
-        self.job_id = job_id
+    def __init__(self, ref: JobRef, backend: Backend, reattached: bool = False, warnings: list[str] | None = None):
+        self.ref = ref
         self.backend = backend
         self.reattached = reattached
+        self.warnings = list(warnings or [])  # what the backend's check said about the spec
+
+    @property
+    def job_id(self) -> str:
+        return self.ref.job_id
 
     def __repr__(self) -> str:
         return f"JobHandle({self.job_id!r}, backend={self.backend.name!r})"
 
     def status(self) -> JobInfo:
-        return self.backend.status(self.job_id)
+        info = self.backend.status(self.ref)
+        info.reattached = self.reattached
+        return info
 
     def logs(self, follow: bool = False) -> Iterator[str]:
-        return self.backend.logs(self.job_id, follow=follow)
+        return self.backend.logs(self.ref, follow=follow)
 
-    def cancel(self, **options: Any) -> JobInfo:
-        """Stop the job; it checkpoints first where it can (local: ``grace_s=`` seconds before SIGKILL)."""
-        return self.backend.cancel(self.job_id, **options)
+    def cancel(self) -> JobInfo:
+        """Stop the job; it checkpoints first where it can, and launching it again resumes."""
+        return self.backend.cancel(self.ref)
+
+    def artifacts(self) -> Path:
+        """The finished job's model dir as a local folder, whatever the backend (downloaded if remote)."""
+        return self.backend.artifacts(self.ref)
 
     def metrics(self) -> dict[str, Any]:
-        """The finished job's ``metrics.json`` (schema 1)."""
-        return self.backend.metrics(self.job_id)
+        """The finished job's ``metrics.json``."""
+        path = self.artifacts() / "metrics.json"
+        if not path.is_file():
+            info = self.status()
+            raise NotFoundError(
+                f"job '{self.job_id}' has no metrics yet ({info.state.value}): {path} does not exist. "
+                "To fix: wait until the job has succeeded"
+            )
+        return json.loads(path.read_text(encoding="utf-8"))
 
     def wait(self, logs: bool = True, poll: float = 2.0) -> JobInfo:
         """Block until the job stops running; with ``logs``, print its log lines as they come.
@@ -64,7 +87,7 @@ class JobHandle:
         if logs:
             for line in self.logs(follow=True):
                 print(line, flush=True)
-        while (info := self.status()).state in (JobState.PENDING, JobState.RUNNING, JobState.STOPPING):
+        while (info := self.status()).state.active:
             time.sleep(poll)
         if info.state is JobState.FAILED:
             fix = "" if "To fix" in info.message else (
@@ -75,61 +98,115 @@ class JobHandle:
         return info
 
 
-def launch(job: JobSpec | str | Path, backend: str = "local", run_name: str = "run1", new_run: bool = False) -> JobHandle:
-    """Submit ``job`` to ``backend`` (or re-attach to it); nothing is staged when a check fails."""
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def request(job: JobSpec | str | Path, backend: str = "local", run_name: str = "run1", new_run: bool = False
+            ) -> tuple[LaunchRequest, Backend, list[str]]:
+    """Check ``job`` for ``backend`` and build its launch request: (request, backend, warnings).
+    Nothing is staged or launched."""
+    from launcher.data import content_digest
+
     spec = job if isinstance(job, JobSpec) else JobSpec.from_yaml(job)
     if new_run:
         run_name = _dt.datetime.now(_dt.timezone.utc).strftime("r%m%d-%H%M%S")  # 12 characters, the most a run name has
-    job_id = spec.job_id(run_name)  # validates the run name
     runner = registry.get(backend)
+    warnings = check(spec, runner)
+    channels = spec.data.channels()
+    identity = spec.identity(runner.name, {name: content_digest(uri) for name, uri in channels.items()},
+                             base_model=base_model_digest(spec.base_model))
+    job_id = spec.job_id(identity, run_name)
+    config = spec.train_config()
+    accelerator = spec.compute.accelerator
+    section = getattr(spec, runner.name, None)
+    options = section.model_dump(mode="json") if section is not None else {}
+    device = options.pop("device", None) or (accelerator.kind if accelerator else "auto")
+    built = LaunchRequest(
+        job_id=job_id, backend=runner.name, name=spec.name, run_name=run_name, config=config, channels=channels,
+        compute=spec.compute, device=device, processes_per_host=accelerator.count if accelerator else 1,
+        output_uri=spec.output, image=options.pop("image_uri", None), secrets={"hf_token": config.hf_token_env},
+        tags={**spec.tags, "launcher-job-id": job_id, "launcher-run": run_name}, backend_options=options,
+        identity=identity,
+    )
+    return built, runner, warnings
+
+
+def launch(job: JobSpec | str | Path, backend: str = "local", run_name: str = "run1", new_run: bool = False) -> JobHandle:
+    """Submit ``job`` to ``backend``, or re-attach to it; nothing is staged when a check fails."""
+    built, runner, warnings = request(job, backend, run_name, new_run)
+    found = runner.find(built.job_id)
+    attempt = 1
+    if found is not None:
+        info = runner.status(found)
+        if info.state.active or info.state is JobState.SUCCEEDED:
+            index.record(info.ref, info.created_at)
+            return JobHandle(info.ref, runner, reattached=True, warnings=warnings)
+        attempt = info.attempt + 1  # interrupted, failed or cancelled: the next attempt resumes it
     try:
-        info = runner.status(job_id)
-        if info.state in (JobState.PENDING, JobState.RUNNING, JobState.STOPPING, JobState.SUCCEEDED):
-            registry.record_job(job_id, runner.name, info.created_at)
-            return JobHandle(job_id, runner, reattached=True)
-    except NotFoundError:
-        pass
-    check(spec, runner)
-    info = runner.submit(spec, run_name)
-    registry.record_job(job_id, runner.name, info.created_at)
-    return JobHandle(job_id, runner, reattached=bool(info.extra.get("reattached")))
+        ref = runner.submit(dataclasses.replace(built, attempt=attempt))
+    except JobExists as exists:  # another launch created it between our look-up and our create
+        index.record(exists.ref, _now())
+        return JobHandle(exists.ref, runner, reattached=True, warnings=warnings)
+    index.record(ref, _now())
+    return JobHandle(ref, runner, reattached=False, warnings=warnings)
 
 
-def check(spec: JobSpec, backend: Backend) -> None:
-    """Everything ``launch`` checks before staging: backend limits, the data, and the GPU fit."""
+def check(spec: JobSpec, backend: Backend) -> list[str]:
+    """Everything launching checks before staging: backend limits, the data, and the GPU fit.
+    Returns the backend's warnings."""
     from launcher.data import validate_dataset
+    from launcher.plan import check_fits
 
-    getattr(backend, "check", lambda spec: None)(spec)
+    warnings = backend.check(spec)
     data = spec.data
     for report in validate_dataset(data.train, data.eval, data.general_eval):
         if report.errors:
             more = len(report.errors) - 1
             extra = f" (and {more} more problem{'s' if more > 1 else ''}; run 'launcher validate' to see all)" if more else ""
             raise DataError(f"{report.errors[0]}{extra}")
-    try:
-        plan = importlib.import_module("launcher.plan")
-    except ModuleNotFoundError as exc:
-        if exc.name != "launcher.plan":
-            raise
-        return
-    check_fits = getattr(plan, "check_fits", None)
-    if check_fits is not None:
-        check_fits(spec)
+    check_fits(spec)
+    return warnings
 
 
-def attach(job_id: str) -> JobHandle:
-    """A handle to a job submitted earlier, from any process (NotFoundError for an unknown id)."""
-    name = registry.backend_of(job_id)
-    backend = registry.get(name)
-    backend.status(job_id)  # raises NotFoundError when the backend no longer knows it
-    return JobHandle(job_id, backend, reattached=True)
+def attach(job_id: str, backend: str | None = None) -> JobHandle:
+    """A handle to a job submitted earlier, from any process. The index first; a job it lacks (another
+    machine, CI) is looked up on the backends, then recorded. NotFoundError for an unknown id."""
+    known = [ref for ref in index.refs(job_id) if backend in (None, ref.backend)]
+    if len(known) > 1:
+        names = ", ".join(sorted(ref.backend for ref in known))
+        raise UserInputError(f"job '{job_id}' is known on several backends ({names}). To fix: pass --backend with one of them")
+    if known:
+        runner = registry.get(known[0].backend)
+        info = runner.status(known[0])  # NotFoundError when the backend no longer knows it
+        index.record(info.ref)
+        return JobHandle(info.ref, runner, reattached=True)
+    for name in [backend] if backend else registry.names():
+        try:
+            runner = registry.get(name)
+            ref = runner.find(job_id)
+        except MissingExtraError:
+            continue  # a backend whose SDK is not installed cannot hold this user's jobs
+        except LauncherError:
+            if backend:
+                raise
+            continue
+        if ref is not None:
+            index.record(ref, _now())
+            return JobHandle(ref, runner, reattached=True)
+    known_ids = index.job_ids()
+    raise NotFoundError(
+        f"no job '{job_id}' in {index._path()} or on the {backend or ', '.join(registry.names())} backend"
+        f"{'' if backend else 's'}.{did_you_mean(job_id, known_ids)} To fix: run 'launcher list' to see job ids "
+        "(or set LAUNCHER_HOME to the folder the job was submitted from)"
+    )
 
 
 def jobs(state: JobState | str | None = None, backend: str | None = None) -> list[JobInfo]:
     """Jobs on ``backend`` (default: every backend in the index, and local), newest first."""
     if isinstance(state, str):
         state = parse_state(state)
-    names = [backend] if backend else sorted({"local", *(e["backend"] for e in registry.read_index().values())})
+    names = [backend] if backend else sorted({"local", *index.backends()})
     found = [info for name in names for info in registry.get(name).list(state)]
     return sorted(found, key=lambda info: info.created_at, reverse=True) if len(names) > 1 else found
 
@@ -144,4 +221,4 @@ def parse_state(text: str) -> JobState:
         ) from None
 
 
-__all__ = ["Job", "JobHandle", "attach", "check", "jobs", "launch", "parse_state"]
+__all__ = ["Job", "JobHandle", "attach", "check", "jobs", "launch", "parse_state", "request"]

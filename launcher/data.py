@@ -83,6 +83,19 @@ def fingerprint(files: list[Path]) -> str:
     return digest.hexdigest()
 
 
+def content_digest(uri: str | Path) -> str:
+    """What a dataset holds, for the job identity: the SHA-256 of a local file or folder's JSONL files
+    (their content, not their path: moving the checkout keeps the job), or, for ``s3://`` and ``gs://``
+    prefixes, a hash of the objects' names and ETags / generations (read through ``launcher.artifacts``; no
+    download)."""
+    uri = str(uri)
+    if uri.startswith(("s3://", "gs://")):
+        from launcher import artifacts
+
+        return hashlib.sha256(json.dumps(artifacts.object_versions(uri), sort_keys=True).encode()).hexdigest()
+    return fingerprint(dataset_files(uri))
+
+
 def iter_examples(
     uri: str | Path, *, allow_text: bool = False, errors: list[str] | None = None
 ) -> Iterator[Example]:
@@ -171,7 +184,7 @@ def _string(record: dict, key: str, where: str) -> str:
         raise DataError(f"{where}: missing field '{key}'. To fix: add it")
     value = record[key]
     if not isinstance(value, str):
-        raise DataError(f"{where}: field '{key}' must be a string, got {type(value).__name__}")
+        raise DataError(f"{where}: field '{key}' must be a string, got {type(value).__name__}. To fix: write it as one JSON string")
     if not value.strip():
         raise DataError(f"{where}: field '{key}' is empty. To fix: fill it in or remove the line")
     return value
@@ -179,12 +192,12 @@ def _string(record: dict, key: str, where: str) -> str:
 
 def _messages(value: object, where: str) -> tuple[tuple[str, str], ...]:
     if not isinstance(value, list) or not value:
-        raise DataError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects")
+        raise DataError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects. To fix: list the turns as such objects")
     turns = []
     for index, message in enumerate(value):
         at = f"{where}: messages[{index}]"
         if not isinstance(message, dict):
-            raise DataError(f"{at} must be an object with 'role' and 'content'")
+            raise DataError(f"{at} must be an object with 'role' and 'content'. To fix: write the turn as {{\"role\": ..., \"content\": ...}}")
         extra = sorted(set(message) - {"role", "content"})
         if extra:
             raise DataError(f"{at}: unknown field '{extra[0]}'.{did_you_mean(extra[0], ['role', 'content'])} To fix: use only role and content")
@@ -194,7 +207,7 @@ def _messages(value: object, where: str) -> tuple[tuple[str, str], ...]:
             raise DataError(f"{at}: unknown role {role!r}.{hint} To fix: use one of {', '.join(ROLES)}")
         content = message.get("content")
         if not isinstance(content, str):
-            raise DataError(f"{at}: 'content' must be a string, got {type(content).__name__}")
+            raise DataError(f"{at}: 'content' must be a string, got {type(content).__name__}. To fix: write the turn's text as one JSON string")
         if role == "assistant" and not content.strip():
             raise DataError(f"{at}: empty assistant turn. To fix: write the expected answer or remove the line")
         turns.append((role, content))
@@ -207,13 +220,17 @@ def _check_order(roles: list[str], where: str) -> None:
         raise DataError(f"{where}: no assistant turn, so there is nothing to learn. To fix: add the expected answer as an assistant message")
     body = roles[1:] if roles[0] == "system" else roles
     if "system" in body:
-        raise DataError(f"{where}: messages[{roles.index('system', 1)}]: a system message may only come first")
+        raise DataError(
+            f"{where}: messages[{roles.index('system', 1)}]: a system message may only come first. "
+            "To fix: move it to the start, or fold it into the next user turn"
+        )
     for index, role in enumerate(body):
         expected = "user" if index % 2 == 0 else "assistant"
         if role != expected:
             position = index + (len(roles) - len(body))
             raise DataError(
-                f"{where}: messages[{position}] is '{role}' but '{expected}' was expected (user and assistant turns alternate, user first)"
+                f"{where}: messages[{position}] is '{role}' but '{expected}' was expected (user and assistant turns alternate, user first). "
+                "To fix: merge or reorder the turns"
             )
     if body[-1] != "assistant":
         raise DataError(f"{where}: the last turn is 'user'; an example must end with an assistant turn. To fix: add the answer or drop the turn")

@@ -24,6 +24,7 @@ class LauncherError(Exception):
     """An error launcher reports as one readable line."""
 
     exit_code = 1
+    details: tuple[str, ...] = ()  # lines shown before the message when there are several problems, one each
 
 
 class UserInputError(LauncherError):
@@ -66,7 +67,27 @@ class JobFailedError(LauncherError):
     """The job ran and failed."""
 
 
+def reason(exc: BaseException) -> str:
+    """An exception's message for use inside one of ours: its first non-empty line, whole (never cut at a
+    character count), or the exception's type name when it has no message."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0].rstrip(".") if lines else type(exc).__name__
+
+
+# Characters a typist swaps for one another: letter O and zero, letters I and l and one ('H1OO', 'A1OO').
+_LOOKALIKES = str.maketrans({"o": "0", "i": "1", "l": "1"})
+
+
+def _fold(text: str) -> str:
+    return text.lower().translate(_LOOKALIKES)
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """' Did you mean 'x'?' for the closest choice, or '' when nothing is close."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    """' Did you mean 'x'?' for the closest choice, or '' when nothing is close. Where nothing is close
+    as typed, case and look-alike characters (O/0, I/l/1) are ignored: 'H1OO' finds 'H100'."""
+    choices = list(choices)
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    if not close:
+        folded = {_fold(choice): choice for choice in choices}
+        close = [folded[m] for m in difflib.get_close_matches(_fold(word), list(folded), n=1, cutoff=0.6)]
     return f" Did you mean '{close[0]}'?" if close else ""

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from launcher import catalog
-from launcher.errors import MissingExtraError, NotFoundError, SpecError, did_you_mean
+from launcher.errors import MissingExtraError, NotFoundError, SpecError, did_you_mean, reason
 from launcher.memory import (
     CUDA_CONTEXT_BYTES,
     GIB,
@@ -100,7 +100,7 @@ def _gguf_config(path: Path) -> dict[str, Any]:
     try:
         reader = gguf.GGUFReader(path)
     except (ValueError, OSError) as exc:
-        raise SpecError(f"base model '{path}' is not a readable GGUF file ({str(exc)[:120]}). "
+        raise SpecError(f"base model '{path}' is not a readable GGUF file ({reason(exc)}). "
                         "To fix: point base_model at a .gguf file written by llama.cpp, or at a model folder") from None
 
     def value(key: str, default: Any = None) -> Any:
@@ -460,10 +460,14 @@ def check_fits(spec: JobSpec) -> MemoryEstimate | None:
     if fits:
         return memory
     need, have = memory.total(checkpointing), usable_bytes(kind)
+    if config.micro_batch_size != spec.training.micro_batch_size:  # what is planned is what the fast path runs
+        batch = (f"one max_seq_len {config.max_seq_len} example per micro-batch: the GPU fast path sizes its micro-batches "
+                 f"itself, micro_batch_size {spec.training.micro_batch_size} only counts the rows of a step")
+    else:
+        batch = f"micro_batch_size {config.micro_batch_size} x max_seq_len {config.max_seq_len} tokens per micro-batch"
     raise SpecError(
         f"the job needs {need / GIB:.1f} GiB per GPU but an {kind} has {have / GIB:.1f} GiB ({asked}; {spec.base_model}, "
-        f"{spec.method}, micro_batch_size {config.micro_batch_size}, max_seq_len {config.max_seq_len}). "
-        f"To fix: {_fixes(shape, config, kind)}"
+        f"{spec.method}, {batch}). To fix: {_fixes(shape, config, kind)}"
     )
 
 

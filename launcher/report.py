@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher import facts
-from launcher.state import home, write_text
+from launcher.state import write_text
 from launcher.errors import DataError, NotFoundError, UserInputError
 
 QUALITY_KEYS = ("rouge1", "rouge2", "rougeL", "bleu", "chrf", "fact_precision", "fact_recall")
@@ -58,17 +58,25 @@ class ModelDir:
 
 
 def resolve_model_dir(job: str) -> ModelDir:
-    """A local job id (``$LAUNCHER_HOME/jobs/<id>/model``), a job dir or a model dir."""
+    """A model dir, a job dir, or a job id on any backend (its model dir fetched to a local folder:
+    ``JobHandle.artifacts``, which downloads and unpacks a remote one)."""
     path = Path(job).expanduser()
-    candidates = [path, path / "model"] if path.is_dir() else []
-    job_dir = home() / "jobs" / job
-    if not candidates and "/" not in job and job_dir.is_dir():
-        candidates = [job_dir / "model"]
-    if not candidates:
-        raise NotFoundError(
-            f"'{job}' is neither a local job id (no {job_dir}) nor a model folder. "
-            "To fix: pass a job id from 'launcher list' or the path of a model dir"
-        )
+    job_id = None
+    if path.is_dir():
+        candidates = [path, path / "model"]
+    elif "/" not in job:
+        from launcher.api import attach
+
+        try:
+            handle = attach(job)
+        except NotFoundError:
+            raise NotFoundError(
+                f"'{job}' is neither a job id launcher knows nor a model folder. "
+                "To fix: pass a job id from 'launcher list' or the path of a model dir"
+            ) from None
+        job_id, candidates = job, [handle.artifacts()]
+    else:
+        raise NotFoundError(f"'{job}' is not a folder. To fix: pass a job id from 'launcher list' or the path of a model dir")
     for folder in candidates:
         metrics = folder / "metrics.json"
         if metrics.is_file():
@@ -76,8 +84,7 @@ def resolve_model_dir(job: str) -> ModelDir:
                 data = json.loads(metrics.read_text(encoding="utf-8"))
             except json.JSONDecodeError as exc:
                 raise UserInputError(f"{metrics}: not valid JSON ({exc.msg}). To fix: re-run the job or restore the file") from None
-            job_id = job if folder.parent == job_dir.parent / job else folder.resolve().parent.name
-            return ModelDir(folder, job_id, data)
+            return ModelDir(folder, job_id or folder.resolve().parent.name, data)
     raise NotFoundError(
         f"no metrics.json in {candidates[-1]}: the job has not finished (or failed). "
         f"To fix: check it with 'launcher status {job}' and wait until it has SUCCEEDED"
@@ -109,10 +116,23 @@ def fmt(value: float | None, digits: int = 2, suffix: str = "") -> str:
 
 
 def fmt_change(value: float | None, base: float | None = 0.0) -> str:
-    """A change in %; None is "n/a (base 0)" when the base scored 0, "n/a" when it was not measured."""
+    """A change in %; None is "n/a (base 0)" when the base scored 0, "n/a" when it was not measured.
+    Every base-vs-tuned change is shown this way (the training summary, the report, the terminal
+    table), with the base and tuned values in the columns beside it."""
     if value is None:
         return "n/a" if base is None else "n/a (base 0)"
     return f"{value:+,.1f}%"
+
+
+def eval_loss_row(metrics: dict[str, Any]) -> tuple[float, float | None, float | None] | None:
+    """``(base, tuned, change %)`` of the eval loss (lower is better: a fall is negative), or None
+    when the job had no eval set."""
+    evals = metrics.get("eval") or {}
+    base, tuned = evals.get("loss_base"), evals.get("loss_tuned")
+    if base is None:
+        return None
+    change = 100.0 * (tuned - base) / base if tuned is not None and base else None
+    return base, tuned, change
 
 
 def sample_facts(sample: dict[str, Any], side: str) -> tuple[facts.FactCounts, set[facts.Fact]]:
@@ -199,10 +219,12 @@ def render_html(model: ModelDir) -> str:
     else:
         parts.append("<p>No quality metrics (the job had no eval samples).</p>")
     parts.append("<h2>Eval loss</h2>")
-    if evals:
-        parts.append(_table(["", "base", "tuned"], [
-            ["loss", fmt(evals.get("loss_base"), 4), fmt(evals.get("loss_tuned"), 4)],
-            ["examples", str(evals.get("examples", "n/a")), ""],
+    loss = eval_loss_row(m)
+    if loss:
+        base, tuned, change = loss
+        parts.append(_table(["", "base", "tuned", "change"], [
+            ["loss", fmt(base, 4), fmt(tuned, 4), fmt_change(change, base)],
+            ["examples", str(evals.get("examples", "n/a")), "", ""],
         ]))
     else:
         parts.append("<p>No eval set.</p>")
@@ -308,7 +330,7 @@ def export_review(model: ModelDir, out: Path, *, force: bool = False) -> int:
     writer.writerow(REVIEW_COLUMNS)
     for s in samples:
         writer.writerow([s["id"], s.get("source", ""), prompt_text(s.get("prompt", [])), s.get("reference", ""), s.get("tuned", ""), "", "", "", ""])
-    write_atomic(out, buffer.getvalue(), encoding="utf-8-sig")  # the BOM makes spreadsheets read UTF-8
+    write_atomic(out, buffer.getvalue(), encoding="utf-8")  # no BOM: csv readers, pandas and diff see the header as is
     return len(samples)
 
 
@@ -317,12 +339,13 @@ def import_review(model: ModelDir, path: Path) -> dict[str, Any]:
 
     Every problem is collected first (``path: row N (sample ID): ...``, N as a spreadsheet numbers
     rows, the header being row 1); on any problem a DataError lists them and nothing is written.
-    A row whose three ratings are all empty is skipped (not reviewed yet).
+    A row whose three ratings are all empty is skipped (not reviewed yet): only the rated rows are
+    imported, and ``unrated`` counts the job's samples without a rating.
     """
     if not path.is_file():
         raise NotFoundError(f"review file '{path}' does not exist. To fix: check the path")
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = path.read_text(encoding="utf-8-sig")  # a spreadsheet may add a BOM when it saves
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 (byte {exc.start}). To fix: save the sheet as CSV UTF-8") from None
     reader = csv.DictReader(io.StringIO(text, newline=""))
@@ -372,6 +395,8 @@ def import_review(model: ModelDir, path: Path) -> dict[str, Any]:
         "criteria": list(CRITERIA),
         "scale": [1, 5],
         "count": len(ratings),
+        "samples": len(known),
+        "unrated": len(known) - len(ratings),  # not imported: rate them and import the sheet again
         "means": {c: round(sum(r[c] for r in ratings) / len(ratings), 3) for c in CRITERIA},
         "distribution": {c: {str(s): sum(1 for r in ratings if r[c] == s) for s in range(1, 6)} for c in CRITERIA},
         "ratings": ratings,
@@ -385,8 +410,8 @@ def import_review(model: ModelDir, path: Path) -> dict[str, Any]:
 
 
 class ReviewErrors(DataError):
-    """Several bad rows; ``lines`` lists them (the CLI prints them before the one-line error)."""
+    """Several bad rows; ``details`` lists them (the CLI prints them before the one-line error)."""
 
     def __init__(self, lines: list[str], message: str):
         super().__init__(message)
-        self.lines = lines
+        self.details = tuple(lines)

@@ -25,6 +25,10 @@ from launcher import catalog
 from launcher.errors import NotFoundError, SpecError, did_you_mean
 
 INTERRUPTED_EXIT_CODE = 75  # the training entrypoint's exit code after a SIGTERM checkpoint (EX_TEMPFAIL)
+# The version of the settings' wire form (hyperparameters / arguments). A training image refuses settings
+# of a newer schema than it knows, with one line naming the launcher version to install there.
+SCHEMA_VERSION = 1
+WIRE_KEYS = ("launcher_schema", "launcher_version")  # travel with the settings; not settings themselves
 
 
 class StrictModel(BaseModel):
@@ -119,6 +123,16 @@ class Hyperparameters(StrictModel):
         return value
 
     @model_validator(mode="after")
+    def _consistent(self) -> Hyperparameters:
+        # Refusals that need only the settings: made when the spec is validated, before anything is
+        # billed (the entrypoint validates the same model, so they hold there too).
+        if self.fp8 == "on" and self.fast_path == "off":
+            raise ValueError("fp8: on runs on the GPU fast path, which fast_path: off turns off. To fix: fp8: off, or fast_path: auto")
+        if self.torch_compile == "layers" and self.fast_path == "off":
+            raise ValueError("torch_compile: layers applies to the fast path, which fast_path: off turns off. "
+                             "To fix: torch_compile: off, or fast_path: auto")
+        return self._room_for_a_prompt()
+
     def _room_for_a_prompt(self) -> Hyperparameters:
         # Evaluation generates up to max_new_tokens after the prompt; an answer that long could never
         # have been trained on (training rows hold max_seq_len tokens, prompt included).
@@ -147,24 +161,64 @@ class TrainConfig(Hyperparameters):
 
     RUN_ONLY: ClassVar[frozenset[str]] = Hyperparameters.RUN_ONLY | {"hf_token_env"}
 
+    @model_validator(mode="after")
+    def _method_fits_the_settings(self) -> TrainConfig:
+        _check_method(self.method, self)
+        return self
+
     def training_settings(self) -> dict[str, Any]:
         """The settings that define what is trained (everything but ``RUN_ONLY``), JSON-ready."""
         return {k: v for k, v in self.model_dump(mode="json").items() if k not in self.RUN_ONLY}
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any], source: str = "hyperparameters") -> TrainConfig:
-        """Validate a mapping (SageMaker's all-string hyperparameters included)."""
-        cleaned = {k: _decode_string_value(v) for k, v in values.items()}
+        """Validate a mapping (SageMaker's all-string hyperparameters included). Settings of a newer
+        wire schema than this launcher knows are refused, naming the version that knows them."""
+        cleaned = {k: _decode_string_value(v) for k, v in values.items() if k not in WIRE_KEYS}
+        schema = values.get("launcher_schema")
+        if schema is not None:
+            try:
+                schema = int(_decode_string_value(schema))
+            except (TypeError, ValueError):
+                raise SpecError(f"{source}: launcher_schema = {schema!r} is not a number. To fix: let launcher write the settings") from None
+            if schema > SCHEMA_VERSION:
+                from launcher import __version__
+
+                sender = _decode_string_value(values.get("launcher_version")) or "a newer launcher"
+                raise SpecError(
+                    f"{source}: these settings use launcher schema {schema} (sent by launcher {sender}); this training "
+                    f"image has launcher {__version__}, which knows schema {SCHEMA_VERSION}. "
+                    f"To fix: install launcher {sender} in the training image (or submit with launcher {__version__})"
+                )
         return parse_model(cls, cleaned, source)
 
-    def to_hyperparameters(self) -> dict[str, str]:
-        """Every value as a string, the shape SageMaker's ``HyperParameters`` requires."""
-        out = {}
-        for key, value in self.model_dump(exclude_defaults=False).items():
+    def wire(self) -> dict[str, str]:
+        """The settings as the training job receives them: only the values that differ from the
+        defaults (so an image one version older accepts any setting it knows), each a string, plus the
+        schema version and the sender's version."""
+        from launcher import __version__
+
+        out = {"launcher_schema": str(SCHEMA_VERSION), "launcher_version": __version__}
+        for key, value in self.model_dump(exclude_defaults=True).items():
             if value is None:
                 continue
             out[key] = json.dumps(value) if isinstance(value, list) else str(value).lower() if isinstance(value, bool) else str(value)
         return out
+
+    def to_hyperparameters(self) -> dict[str, str]:
+        """SageMaker's ``HyperParameters`` (a map of strings; also what the local backend writes)."""
+        return self.wire()
+
+    def to_args(self) -> list[str]:
+        """Vertex AI's container/package ``args``: the same settings as ``--key=value``."""
+        return [f"--{key}={value}" for key, value in self.wire().items()]
+
+
+def _check_method(method: str, settings: Hyperparameters) -> None:
+    """Settings the method rules out (checked on the spec and again on the entrypoint's config)."""
+    if settings.fp8 == "on" and method != "lora":
+        raise ValueError(f"fp8: on multiplies a bf16 base in float8; method {method} quantises the base to 4 bits. "
+                         "To fix: fp8: off, or method: lora")
 
 
 def _decode_string_value(value: Any) -> Any:
@@ -289,6 +343,15 @@ class JobSpec(StrictModel):
     sagemaker: SageMakerSection = SageMakerSection()
     vertex: VertexSection = VertexSection()
 
+    @model_validator(mode="after")
+    def _runnable(self) -> JobSpec:
+        _check_method(self.method, self.training)
+        if self.training.general_mix > 0 and not self.data.general_eval:
+            raise ValueError("training.general_mix > 0 needs general text to draw from. To fix: add data.general_eval, or set general_mix: 0")
+        if self.compute.nodes > 1:
+            raise ValueError(f"compute.nodes = {self.compute.nodes}: the training entrypoint runs on one node for now. To fix: compute.nodes: 1")
+        return self
+
     @field_validator("name")
     @classmethod
     def _valid_name(cls, value: str) -> str:
@@ -316,7 +379,8 @@ class JobSpec(StrictModel):
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             raise SpecError(f"{where}: not valid YAML ({problem}). To fix: correct the YAML syntax there") from None
         if not isinstance(values, dict):
-            raise SpecError(f"{path}: a job spec is a YAML mapping (name:, data:, ...), not {type(values).__name__}")
+            raise SpecError(f"{path}: a job spec is a YAML mapping (name:, data:, ...), not {type(values).__name__}. "
+                          "To fix: start the file with name: and data: ('launcher init' writes an example)")
         spec = parse_model(cls, values, str(path))
         return spec.resolve_paths(path.parent)
 
@@ -344,19 +408,56 @@ class JobSpec(StrictModel):
             base_model=self.base_model, method=self.method, hf_token_env=self.hf_token_env, **self.training.model_dump()
         )
 
-    def fingerprint(self) -> str:
-        """A stable hash of everything that defines the job (the spec's content)."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+    def identity(self, backend: str, data: dict[str, str], base_model: str | None = None) -> dict[str, Any]:
+        """What defines the job, and so its id: the backend and its own section, the base model
+        (``base_model``: its content digest, for a local folder or file), the method, the settings that
+        shape the adapter (``TrainConfig.training_settings``), the compute, and the data's content
+        (``data``: channel -> digest, ``launcher.data.content_digest``). Not local paths, tags, the
+        output location or other backends' sections."""
+        settings = self.train_config().training_settings()
+        settings["base_model"] = base_model or self.base_model
+        section = getattr(self, backend, None)
+        return {
+            "backend": backend,
+            "settings": settings,
+            "compute": self.compute.model_dump(mode="json"),
+            "data": dict(sorted(data.items())),
+            "backend_section": section.model_dump(mode="json") if isinstance(section, BaseModel) else {},
+        }
 
-    def job_id(self, run_name: str = "run1") -> str:
-        """``<name>-<run>-<hash>``: the same spec and run name always give the same id, so a resubmission
-        after a crash or timeout re-attaches instead of launching (and billing) a second job.
-        Fits SageMaker's 63-character job-name rule."""
+    def job_id(self, identity: dict[str, Any], run_name: str = "run1") -> str:
+        """``<name>-<run>-<hash>``, at most 56 characters: the same identity and run name always give the
+        same id, so a resubmission after a crash or timeout re-attaches instead of launching (and
+        billing) a second job. It leaves room for an attempt suffix (``-a<N>``) inside SageMaker's
+        63-character job names, which can never be reused."""
         if not re.match(r"^[a-z0-9][a-z0-9-]{0,11}$", run_name):
-            raise SpecError(f"run name '{run_name}' must be 1-12 lower-case letters, digits or '-'")
-        digest = hashlib.sha256(f"{self.fingerprint()}/{run_name}".encode()).hexdigest()[:8]
-        return f"{self.name}-{run_name}-{digest}"
+            raise SpecError(f"run name '{run_name}' must be 1-12 lower-case letters, digits or '-'. To fix: pass such a --run-name")
+        canonical = json.dumps({"identity": identity, "run": run_name}, sort_keys=True, separators=(",", ":"))
+        digest = hashlib.sha256(canonical.encode()).hexdigest()[:10]
+        return f"{self.name[:32].rstrip('-')}-{run_name}-{digest}"
+
+
+def base_model_digest(base_model: str) -> str | None:
+    """A local base model's content, for the job identity (None for a name: tiny-llama, a Hub id, an
+    s3:// or gs:// prefix, which are their own identity). Cheap at any size: every file's relative path
+    and size, the whole content of files under 1 MiB (configs, small tokenizers) and the first and last
+    MiB of larger ones (weights)."""
+    path = Path(base_model).expanduser()
+    if "://" in base_model or not path.exists():
+        return None
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        size = file.stat().st_size
+        digest.update(f"{file.relative_to(path) if path.is_dir() else file.name}\0{size}\0".encode())
+        with file.open("rb") as handle:
+            if size <= 1 << 20:
+                digest.update(handle.read())
+            else:
+                digest.update(handle.read(1 << 20))
+                handle.seek(-(1 << 20), 2)
+                digest.update(handle.read())
+    return digest.hexdigest()
 
 
 # --- error formatting ------------------------------------------------------------------------------
@@ -379,7 +480,7 @@ def spec_error(exc: ValidationError, model: type[BaseModel], source: str) -> Spe
         parent = _model_at(model, loc[:-1])
         hint = did_you_mean(str(loc[-1]), parent.model_fields) if parent else ""
         valid = f" Valid keys: {', '.join(parent.model_fields)}." if parent and not hint else ""
-        return SpecError(f"{source}: unknown key '{dotted}'.{hint}{valid}{more}")
+        return SpecError(f"{source}: unknown key '{dotted}'.{hint}{valid} To fix: correct or remove '{dotted}'{more}")
     if first["type"] == "missing":
         return SpecError(f"{source}: missing required key '{dotted}'. To fix: add it{more}")
     message = first["msg"].removeprefix("Value error, ")

@@ -26,6 +26,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from launcher.data import Example
+from launcher.errors import reason
 
 
 @dataclass
@@ -46,17 +47,24 @@ def estimate_counter(reason: str) -> TokenCounter:
     return TokenCounter(count, f"ESTIMATED as characters/4 ({reason})", exact=False, reason=reason)
 
 
+class _NotCached(RuntimeError):
+    """A Hub id's tokenizer that is not in the local cache, and ``download=False``; the message is the
+    whole reason."""
+
+
 def token_counter(base_model: str | None, token_env: str = "HF_TOKEN", *, download: bool = True) -> TokenCounter:
     """The base model's tokenizer as a counter, or the characters/4 estimate with the reason.
-    ``download=False``: a Hub id's tokenizer only from the local Hugging Face cache."""
+    ``download=False`` (launcher plan, which never downloads): a Hub id's tokenizer only from the local
+    Hugging Face cache."""
     if not base_model:
         return estimate_counter("no base model given; pass --base-model or a job spec for exact counts")
     try:
         tokenizer = _load_tokenizer(base_model, os.environ.get(token_env) or None, download=download)
         from entrypoints.sequences import tokenize
+    except _NotCached as exc:
+        return estimate_counter(str(exc))
     except Exception as exc:  # noqa: BLE001 - any failure to load means "estimate instead"
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return estimate_counter(f"tokenizer of '{base_model}' not available: {reason[:160]}")
+        return estimate_counter(f"tokenizer of '{base_model}' not available: {reason(exc)}")
 
     def count(example: Example) -> int:
         return len(tokenize(tokenizer, example, max_seq_len=sys.maxsize))
@@ -85,7 +93,8 @@ def _load_tokenizer(base_model: str, token: str | None, *, download: bool):
         tokenizer = AutoTokenizer.from_pretrained(base_model, local_files_only=True)
     except Exception:  # noqa: BLE001
         if not download:
-            raise RuntimeError("not in the local Hugging Face cache, and nothing is downloaded here") from None
+            raise _NotCached(f"{base_model}'s tokenizer is not in the local Hugging Face cache, and plan never downloads "
+                             f"(huggingface-cli download {base_model} counts exactly, as does --tokens N)") from None
         if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}:
             raise RuntimeError("not in the local cache and HF_HUB_OFFLINE is set") from None
         if not _hub_reachable():

@@ -34,6 +34,70 @@ def _isolated_home(tmp_path, monkeypatch, launcher_cache):
     monkeypatch.setenv("LAUNCHER_CACHE", launcher_cache)
 
 
+# --- local servers for the cloud SDKs (real client libraries, local endpoints) -------------------------
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def _moto_endpoint():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def moto_server(_moto_endpoint, monkeypatch):
+    """moto's server (S3, SageMaker, ... in one process), emptied for each test; boto3 reaches it through
+    AWS_ENDPOINT_URL. One server per session: stopping one takes half a second. Yields the endpoint URL."""
+    import urllib.request
+
+    from launcher import clouds
+
+    urllib.request.urlopen(urllib.request.Request(f"{_moto_endpoint}/moto-api/reset", method="POST")).close()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", _moto_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    clouds.reset()
+    yield _moto_endpoint
+    clouds.reset()
+
+
+@pytest.fixture(scope="session")
+def _gcs_server():
+    from gcp_storage_emulator.server import create_server
+
+    port = free_port()
+    server = create_server("127.0.0.1", port, in_memory=True)
+    server.start()
+    yield server, f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def gcs_emulator(_gcs_server, monkeypatch):
+    """gcp-storage-emulator (in memory), emptied for each test; google-cloud-storage reaches it through
+    STORAGE_EMULATOR_HOST. Yields the emulator's URL."""
+    from launcher import clouds
+
+    server, url = _gcs_server
+    server.wipe()
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", url)
+    clouds.reset()
+    yield url
+    clouds.reset()
+
+
 # --- training jobs -----------------------------------------------------------------------------------
 NAMES = ["Alice Moreno", "Bob Chen", "Carol Singh", "Dan Okafor", "Eve Larsen", "Frank Rossi", "Grace Kim", "Heidi Novak"]
 RISKS = ["conservative", "moderate", "aggressive"]

@@ -29,37 +29,24 @@ def test_local_folder(tiny_llama_dir, tmp_path):
         models.resolve(str(tmp_path / "empty"))
 
 
-@pytest.fixture
-def moto_s3(monkeypatch):
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    yield
-    server.stop()
-
-
-def test_s3_prefix_is_downloaded_once_into_the_cache(moto_s3, tiny_llama_dir, tmp_path, monkeypatch):
-    import boto3
+def test_s3_prefix_is_downloaded_once_into_the_cache(moto_server, tiny_llama_dir, tmp_path, monkeypatch):
+    from launcher import clouds
 
     monkeypatch.setenv("LAUNCHER_CACHE", str(tmp_path / "cache"))
-    s3 = boto3.client("s3")
+    s3 = clouds.aws_client("s3")
     s3.create_bucket(Bucket="models")
     for path in tiny_llama_dir.iterdir():
         s3.upload_file(str(path), "models", f"bases/tiny/{path.name}")
+    s3.put_object(Bucket="models", Key="bases/tiny-other/config.json", Body=b"{}")  # a sibling prefix, not part of it
+    gets = []
+    s3.meta.events.register("before-parameter-build.s3.GetObject", lambda **kwargs: gets.append(kwargs["params"]["Key"]))
     local = models.resolve("s3://models/bases/tiny")
-    tokenizer = models.load_tokenizer(local)
-    assert tokenizer.chat_template and sorted(p.name for p in __import__("pathlib").Path(local).iterdir()) == sorted(
-        p.name for p in tiny_llama_dir.iterdir()
-    )
-    s3.delete_object(Bucket="models", Key="bases/tiny/config.json")
-    assert models.resolve("s3://models/bases/tiny") == local  # cached: no second download
-    with pytest.raises(NotFoundError, match="no objects under s3://models/nothing"):
+    assert models.load_tokenizer(local).chat_template
+    assert sorted(p.name for p in Path(local).iterdir()) == sorted(p.name for p in tiny_llama_dir.iterdir())
+    assert len(gets) == len(list(tiny_llama_dir.iterdir()))
+    assert models.resolve("s3://models/bases/tiny/") == local  # cached: no second download
+    assert len(gets) == len(list(tiny_llama_dir.iterdir()))
+    with pytest.raises(NotFoundError, match="no objects under s3://models/nothing. To fix:"):
         models.resolve("s3://models/nothing")
 
 
@@ -69,33 +56,24 @@ def test_gs_uri_reads_through_the_gcs_mount(tiny_llama_dir, tmp_path, monkeypatc
     assert models.resolve("gs://bucket/bases/tiny") == str(tmp_path / "gcs/bucket/bases/tiny")
 
 
-def test_gs_prefix_without_the_mount_is_downloaded_once_into_the_cache(tiny_llama_dir, tmp_path, monkeypatch):
-    import socket
+def test_gs_prefix_without_the_mount_is_downloaded_once_into_the_cache(gcs_emulator, tiny_llama_dir, tmp_path, monkeypatch):
+    from launcher import clouds
 
-    from gcp_storage_emulator.server import create_server
-    from google.cloud import storage
-
-    with socket.socket() as probe:
-        probe.bind(("localhost", 0))
-        port = probe.getsockname()[1]
-    server = create_server("localhost", port, in_memory=True)
-    server.start()
-    try:
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://localhost:{port}")
-        monkeypatch.setenv("LAUNCHER_GCS_MOUNT", str(tmp_path / "no-mount"))
-        monkeypatch.setenv("LAUNCHER_CACHE", str(tmp_path / "cache"))
-        bucket = storage.Client(project="test").create_bucket("models")
-        for path in tiny_llama_dir.iterdir():
-            bucket.blob(f"bases/tiny/{path.name}").upload_from_filename(str(path))
-        local = models.resolve("gs://models/bases/tiny")
-        assert models.load_tokenizer(local).chat_template
-        assert sorted(p.name for p in Path(local).iterdir()) == sorted(p.name for p in tiny_llama_dir.iterdir())
-        bucket.blob("bases/tiny/config.json").delete()
-        assert models.resolve("gs://models/bases/tiny") == local  # cached: no second download
-        with pytest.raises(NotFoundError, match="no objects under gs://models/nothing"):
-            models.resolve("gs://models/nothing")
-    finally:
-        server.stop()
+    monkeypatch.setenv("LAUNCHER_GCS_MOUNT", str(tmp_path / "no-mount"))
+    monkeypatch.setenv("LAUNCHER_CACHE", str(tmp_path / "cache"))
+    bucket = clouds.gcs_client().create_bucket("models")
+    for path in tiny_llama_dir.iterdir():
+        bucket.blob(f"bases/tiny/{path.name}").upload_from_filename(str(path))
+    media: list[str] = []  # every object download the storage client makes
+    clouds.gcs_client()._http.hooks["response"].append(lambda r, *a, **k: media.append(r.url) if "alt=media" in r.url else None)
+    local = models.resolve("gs://models/bases/tiny")
+    assert models.load_tokenizer(local).chat_template
+    assert sorted(p.name for p in Path(local).iterdir()) == sorted(p.name for p in tiny_llama_dir.iterdir())
+    assert len(media) == len(list(tiny_llama_dir.iterdir()))
+    assert models.resolve("gs://models/bases/tiny") == local
+    assert len(media) == len(list(tiny_llama_dir.iterdir()))  # cached: no second download
+    with pytest.raises(NotFoundError, match="no objects under gs://models/nothing. To fix:"):
+        models.resolve("gs://models/nothing")
 
 
 def test_hub_token_comes_from_the_named_environment_variable(monkeypatch):

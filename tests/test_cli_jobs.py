@@ -96,7 +96,7 @@ def test_remote_data_on_the_local_backend(tmp_path):
 
 def test_multi_node_on_the_local_backend(tmp_path, data_file):
     spec = write_spec(tmp_path, f"name: a\ndata: {{train: {data_file}}}\ncompute: {{nodes: 2}}\n")
-    assert_bad_input(invoke("train", str(spec)), "does not support multi-node training")
+    assert_bad_input(invoke("train", str(spec)), "compute.nodes = 2: the training entrypoint runs on one node", "To fix: compute.nodes: 1")
 
 
 def test_a_job_that_does_not_fit_the_gpu(tmp_path, data_file):

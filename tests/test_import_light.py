@@ -37,6 +37,8 @@ def loaded_after(code: str) -> list[str]:
         "import launcher",
         "import launcher; launcher.JobSpec; launcher.launch; launcher.attach",
         "import launcher.backends.registry as r; r.get('local')",
+        # The one door to the cloud SDKs, and artifacts through it, import them only when a client is made.
+        "import launcher.clouds, launcher.artifacts",
         # The fact extractor is reused by monitoring for grounding checks: stdlib only.
         "import launcher.facts as f; f.unsupported('Sold $1,200.', 'Sold: $1,200')",
         # `launcher --help` and a subcommand's help: every command module is imported.

@@ -22,7 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 from launcher import api
-from launcher.backends.base import JobState
+from launcher.backends.base import JobRef, JobState
 from launcher.backends.local import LocalBackend
 from launcher.cli.main import app
 from launcher.errors import JobFailedError, NotFoundError
@@ -67,7 +67,7 @@ def _stop_leftover_jobs():
     yield
     for info in LocalBackend().list():
         if not info.state.terminal and info.state is not JobState.INTERRUPTED:
-            LocalBackend().cancel(info.job_id, grace_s=5)
+            LocalBackend(grace_s=5).cancel(info.ref)
 
 
 def cli(*args: str):
@@ -82,7 +82,7 @@ def wait_for(predicate, timeout: float = 300, what: str = "condition"):
             return value
         time.sleep(0.2)
     states = [(info.job_id, info.state.value, info.message) for info in LocalBackend().list()]
-    logs = [line for info in LocalBackend().list() for line in LocalBackend().logs(info.job_id)][-30:]
+    logs = [line for info in LocalBackend().list() for line in LocalBackend().logs(info.ref)][-30:]
     raise AssertionError(f"timed out waiting for {what}; jobs: {states}; last log lines:\n" + "\n".join(logs))
 
 
@@ -99,8 +99,12 @@ def entrypoint_processes(job_dir: str) -> int:
     return count
 
 
+def job_id_of(spec_file, run_name: str = "run1") -> str:
+    return api.request(spec_file, run_name=run_name)[0].job_id
+
+
 def test_lifecycle_detach_interrupt_resume_succeed(spec_file):
-    job_id = JobSpec.from_yaml(spec_file).job_id("run1")
+    job_id = job_id_of(spec_file)
 
     # Three submits at once (a double-click, a retried script): one job, one process.
     results = []
@@ -117,7 +121,9 @@ def test_lifecycle_detach_interrupt_resume_succeed(spec_file):
     info = json.loads(result.stdout)
     assert info["job_id"] == job_id and info["state"] in ("PENDING", "RUNNING")
     job_dir = info["extra"]["job_dir"]
-    assert json.loads(Path(job_dir, "input/config/hyperparameters.json").read_text())["max_steps"] == "12"
+    settings = json.loads(Path(job_dir, "input/config/hyperparameters.json").read_text())
+    assert settings["max_steps"] == "12" and settings["launcher_schema"] == "1"
+    assert "lora_dropout" not in settings  # only what differs from the defaults travels
     assert Path(job_dir, "input/data/train/train.jsonl").is_file()
 
     # A spot-style SIGTERM once training has started: checkpoint, exit 75, INTERRUPTED.
@@ -139,28 +145,31 @@ def test_lifecycle_detach_interrupt_resume_succeed(spec_file):
     assert handle.status().state is JobState.CANCELLED and "submit it again to resume" in handle.status().message
 
     # Submitting again resumes in the same folder and streams the logs to the end.
+    checkpointed = handle.status().checkpoint_step
     result = cli("train", str(spec_file))
     assert result.exit_code == 0, result.output
-    assert "resumed from" in result.stdout and "SUCCEEDED" in result.stdout
+    assert f"Resuming job {job_id} from step {checkpointed} (attempt 2)" in result.stdout
+    assert f"resumed from step-{checkpointed:08d}" in result.stdout and "SUCCEEDED" in result.stdout
     info = handle.status()
-    assert info.state is JobState.SUCCEEDED and info.extra["attempt"] == 2
+    assert info.state is JobState.SUCCEEDED and info.attempt == 2
     assert Path(info.output, "adapter_config.json").is_file()
     metrics = handle.metrics()
     assert metrics["schema"] == 1 and metrics["train"]["steps"] == 12
 
     # Logs are kept (both attempts); list shows the job; a resubmission after success re-attaches.
     logs = cli("logs", job_id).stdout
-    assert "attempt 1 of job" in logs and "attempt 2 of job" in logs and "INTERRUPTED (exit code 75)" in logs
+    assert "attempt 1 of job" in logs and "attempt 2 of job" in logs and "INTERRUPTED (checkpointed; submit it again to resume)" in logs
+    assert "CANCELLED (cancelled by user)" not in logs  # the cancel came after the interruption: no process to end
     listed = json.loads(cli("list", "--state", "succeeded", "--json").stdout)
     assert [j["job_id"] for j in listed] == [job_id]
     again = api.launch(spec_file)
-    assert again.reattached and again.status().extra["attempt"] == 2
+    assert again.reattached and again.status().attempt == 2
     assert entrypoint_processes(job_dir) == 0
 
 
 def test_ctrl_c_detaches_and_cancel_stops_the_job(spec_file):
-    job_id = JobSpec.from_yaml(spec_file).job_id("cancelme")
-    handle = api.JobHandle(job_id, LocalBackend())
+    job_id = job_id_of(spec_file, "cancelme")
+    handle = api.JobHandle(JobRef("local", job_id), LocalBackend())
 
     def running() -> bool:
         try:
@@ -181,24 +190,41 @@ def test_ctrl_c_detaches_and_cancel_stops_the_job(spec_file):
     started = time.monotonic()
     result = cli("cancel", job_id, "--grace", "60")
     assert result.exit_code == 0
-    assert f"Job {job_id}: CANCELLED" in result.stdout
+    assert f"Job {job_id}: CANCELLED" in result.stdout and "exit code" not in result.stdout
+    assert "ended" in cli("logs", job_id).stdout.splitlines()[-1] and "CANCELLED (cancelled by user)" in cli("logs", job_id).stdout
     assert time.monotonic() - started < 60  # the entrypoint stopped on SIGTERM; no SIGKILL needed
     assert handle.status().state is JobState.CANCELLED
     assert entrypoint_processes(handle.status().extra["job_dir"]) == 0
     assert cli("cancel", job_id).exit_code == 0  # cancelling a stopped job is harmless
 
 
-def test_a_failing_job_reports_why_and_exits_1(tmp_path, spec_file):
-    # general_mix needs a general_eval set: the entrypoint rejects the hyperparameters (exit 2, one line).
+def test_a_setting_that_cannot_run_is_refused_before_anything_is_staged(spec_file, tmp_path):
+    # general_mix needs a general_eval set: refused when the spec is validated, not inside the job.
     spec = json.loads(spec_file.read_text())
     spec["training"]["general_mix"] = 0.2
     spec_file.write_text(json.dumps(spec))
     result = cli("train", str(spec_file))
+    assert result.exit_code == 2
+    assert "general_mix > 0 needs general text" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not LocalBackend().list()
+
+
+def test_a_failing_job_reports_why_in_one_line_and_exits_1(spec_file, monkeypatch):
+    # A Hub model that cannot be downloaded (offline here): the job fails with one readable reason.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    spec = json.loads(spec_file.read_text())
+    spec["base_model"] = "no-such-org/no-such-model"
+    spec_file.write_text(json.dumps(spec))
+    result = cli("train", str(spec_file))
     assert result.exit_code == 1
-    assert result.stderr.startswith(f"Error: job {JobSpec.from_yaml(spec_file).job_id()} failed: general_mix > 0 needs")
+    job_id = job_id_of(spec_file)
+    assert result.stderr.startswith(f"Error: job {job_id} failed: base model 'no-such-org/no-such-model' cannot be loaded")
     assert len(result.stderr.strip().splitlines()) == 1
-    job_id = JobSpec.from_yaml(spec_file).job_id("run1")
-    info = LocalBackend().status(job_id)
+    info = LocalBackend().status(JobRef("local", job_id))
     assert info.state is JobState.FAILED and info.extra["exit_code"] == 2
-    with pytest.raises(JobFailedError, match="failed: general_mix"):
+    assert "\n" not in info.message and "To fix:" in info.message
+    assert "Traceback" not in cli("logs", job_id).stdout
+    listed = json.loads(cli("list", "--json").stdout)
+    assert [j["message"] for j in listed] == [info.message]
+    with pytest.raises(JobFailedError, match="cannot be loaded from the Hugging Face Hub"):
         api.attach(job_id).wait(logs=False, poll=0.1)

@@ -54,7 +54,6 @@ def test_fp8_adds_two_float8_copies_of_the_linear_weights():
     shape = resolve_model(LLAMA3_8B)
     plain, fp8 = (estimate_memory(shape, TrainConfig(fp8=value)) for value in ("off", "on"))
     assert fp8.weights - plain.weights == 2 * 6_979_321_856  # W and W.T, one byte each per linear parameter
-    assert estimate_memory(shape, TrainConfig(method="qlora", fp8="on")).weights == 5_702_295_552  # NF4 bases: unchanged
 
 
 def test_activation_terms_by_hand():

@@ -27,9 +27,11 @@ def cli(*args: str):
 @pytest.fixture
 def model_dir(finished_job) -> Path:
     """A private copy of the finished job's model dir, placed where a local job id resolves."""
-    target = Path(os.environ["LAUNCHER_HOME"]) / "jobs" / JOB_ID / "model"
-    shutil.copytree(finished_job / "model", target)
-    return target
+    folder = Path(os.environ["LAUNCHER_HOME"]) / "jobs" / JOB_ID
+    shutil.copytree(finished_job / "model", folder / "model")
+    (folder / "job.json").write_text(json.dumps({"job_id": JOB_ID, "name": "fin-summary", "created_at": "2026-12-01T10:00:00Z"}))
+    (folder / "state.json").write_text(json.dumps({"state": "SUCCEEDED", "attempt": 1}))  # as the local runner leaves it
+    return folder / "model"
 
 
 def metrics(model: Path) -> dict:
@@ -116,9 +118,8 @@ def test_report_accepts_a_job_dir_or_model_dir_and_prints_json(model_dir, tmp_pa
 def test_unknown_job_id_exits_2():
     result = cli("report", "no-such-job")
     assert result.exit_code == 2
-    home = os.environ["LAUNCHER_HOME"]
     assert result.stderr == (
-        f"Error: 'no-such-job' is neither a local job id (no {home}/jobs/no-such-job) nor a model folder. "
+        "Error: 'no-such-job' is neither a job id launcher knows nor a model folder. "
         "To fix: pass a job id from 'launcher list' or the path of a model dir\n"
     )
 
@@ -126,6 +127,7 @@ def test_unknown_job_id_exits_2():
 def test_job_without_metrics_exits_2():
     job = Path(os.environ["LAUNCHER_HOME"]) / "jobs" / "still-running"
     (job / "model").mkdir(parents=True)
+    (job / "job.json").write_text(json.dumps({"job_id": "still-running"}))  # a local job the runner has not finished
     result = cli("report", "still-running")
     assert result.exit_code == 2
     assert result.stderr == (

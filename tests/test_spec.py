@@ -58,15 +58,96 @@ def test_missing_spec_file(tmp_path):
         JobSpec.from_yaml(tmp_path / "nope.yaml")
 
 
-def test_job_id_is_stable_and_changes_with_the_spec_or_the_run_name():
-    spec = JobSpec(name="fin", data={"train": "/d/train.jsonl"})
-    assert spec.job_id() == JobSpec(name="fin", data={"train": "/d/train.jsonl"}).job_id()
-    assert spec.job_id().startswith("fin-run1-") and len(spec.job_id()) <= 63
-    assert spec.job_id("run2") != spec.job_id()
-    changed = spec.model_copy(update={"training": spec.training.model_copy(update={"epochs": 4})})
-    assert changed.job_id() != spec.job_id()
+def job_id(spec: JobSpec, backend: str = "local", run_name: str = "run1") -> str:
+    from launcher.data import content_digest
+
+    digests = {name: content_digest(uri) for name, uri in spec.data.channels().items()}
+    return spec.job_id(spec.identity(backend, digests), run_name)
+
+
+def checkout(root, lines: int = 10, tags: str = "", extra: str = "") -> JobSpec:
+    """The same project checked out at ``root``: a spec next to its data."""
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    (root / "data/train.jsonl").write_text("".join(f'{{"prompt": "q{i}", "completion": "a{i}"}}\n' for i in range(lines)))
+    return JobSpec.from_yaml(write(root, f"name: fin\ndata:\n  train: data/train.jsonl\n{tags}{extra}"))
+
+
+def test_job_id_follows_what_defines_the_training_not_paths_tags_or_other_backends(tmp_path):
+    first = checkout(tmp_path / "a")
+    assert job_id(first) == job_id(checkout(tmp_path / "moved/elsewhere"))  # another checkout path: the same job
+    assert job_id(first) == job_id(checkout(tmp_path / "b", tags="tags:\n  team: risk\n"))
+    assert job_id(first) == job_id(checkout(tmp_path / "c", extra="vertex:\n  project: other\nsagemaker:\n  region: eu-west-1\n"))
+    assert job_id(first) == job_id(checkout(tmp_path / "d", extra="training:\n  eval_samples: 3\n"))  # how it is scored
+    # The data's content, the settings, the compute, the backend and its own section make a new job.
+    assert job_id(first) != job_id(checkout(tmp_path / "e", lines=9))  # a user cut the file by a line
+    assert job_id(first) != job_id(checkout(tmp_path / "f", extra="training:\n  epochs: 4\n"))
+    assert job_id(first) != job_id(checkout(tmp_path / "g", extra="compute:\n  accelerator: H100:1\n"))
+    assert job_id(first) != job_id(first, backend="sagemaker")
+    assert job_id(first) != job_id(checkout(tmp_path / "h", extra="local:\n  device: cpu\n"))
+    assert job_id(first, run_name="run2") != job_id(first)
     with pytest.raises(SpecError, match="run name"):
-        spec.job_id("Bad Name")
+        job_id(first, run_name="Bad Name")
+
+
+def test_job_id_leaves_room_for_an_attempt_suffix_in_sagemaker_names(tmp_path):
+    spec = checkout(tmp_path).model_copy(update={"name": "a" * 40})
+    longest = job_id(spec, run_name="r1201-235959")
+    assert len(longest) <= 56 and len(f"{longest}-a999") <= 63
+    assert longest.startswith("a" * 32 + "-r1201-235959-")
+
+
+def test_a_local_base_model_counts_by_content_not_by_path(tmp_path):
+    from launcher.spec import base_model_digest
+
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text('{"hidden_size": 8}')
+        (tmp_path / name / "model.safetensors").write_bytes(b"w" * (3 << 20))
+    assert base_model_digest(str(tmp_path / "one")) == base_model_digest(str(tmp_path / "two"))
+    (tmp_path / "two" / "config.json").write_text('{"hidden_size": 16}')
+    assert base_model_digest(str(tmp_path / "one")) != base_model_digest(str(tmp_path / "two"))
+    assert base_model_digest("meta-llama/Meta-Llama-3-8B") is None and base_model_digest("tiny-llama") is None
+
+
+def test_settings_travel_without_defaults_and_with_a_schema_version():
+    from launcher.spec import SCHEMA_VERSION, TrainConfig
+
+    config = TrainConfig(lora_r=8, target_modules=["q_proj", "v_proj"], packing=False)
+    wire = config.to_hyperparameters()
+    assert wire == {"launcher_schema": str(SCHEMA_VERSION), "launcher_version": wire["launcher_version"], "lora_r": "8",
+                    "target_modules": '["q_proj", "v_proj"]', "packing": "false"}
+    assert config.to_args() == [f"--{k}={v}" for k, v in wire.items()]
+    assert TrainConfig.from_mapping(wire) == config
+
+
+def test_an_image_older_than_the_settings_refuses_them_in_one_line():
+    from launcher.spec import SCHEMA_VERSION, TrainConfig
+
+    with pytest.raises(SpecError) as caught:
+        TrainConfig.from_mapping({"launcher_schema": str(SCHEMA_VERSION + 1), "launcher_version": "9.9.0", "lora_r": "8"})
+    message = str(caught.value)
+    assert f"schema {SCHEMA_VERSION + 1} (sent by launcher 9.9.0)" in message and "To fix: install launcher 9.9.0 in the training image" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("training,message", [
+    ({"fp8": "on", "fast_path": "off"}, "fp8: on runs on the GPU fast path"),
+    ({"torch_compile": "layers", "fast_path": "off"}, "torch_compile: layers applies to the fast path"),
+    ({"general_mix": 0.2}, "general_mix > 0 needs general text"),
+])
+def test_settings_that_cannot_run_are_refused_when_the_spec_is_validated(tmp_path, training, message):
+    import json
+
+    path = write(tmp_path, json.dumps({"name": "fin", "data": {"train": "t.jsonl"}, "training": training}))
+    with pytest.raises(SpecError, match=message):
+        JobSpec.from_yaml(path)
+
+
+def test_qlora_with_fp8_and_several_nodes_are_refused_too(tmp_path):
+    with pytest.raises(SpecError, match="fp8: on multiplies a bf16 base in float8"):
+        JobSpec.from_yaml(write(tmp_path, "name: f\nmethod: qlora\ndata:\n  train: t\ntraining:\n  fp8: on\n"))
+    with pytest.raises(SpecError, match="compute.nodes = 2.*To fix: compute.nodes: 1"):
+        JobSpec.from_yaml(write(tmp_path, "name: f\ndata:\n  train: t\ncompute:\n  nodes: 2\n"))
 
 
 def test_train_config_carries_the_base_model_method_and_hyperparameters():
@@ -81,3 +162,27 @@ def test_generation_longer_than_a_training_row_is_a_spec_error():
     with pytest.raises(SpecError, match=r"max_new_tokens \(1024\) must be below max_seq_len \(1024\).*To fix: lower max_new_tokens"):
         TrainConfig.from_mapping({"max_new_tokens": "1024"})
     assert TrainConfig.from_mapping({"max_new_tokens": "1023"}).max_new_tokens == 1023
+
+
+def test_remote_data_counts_by_its_objects_versions(moto_server, gcs_emulator):
+    """s3:// and gs:// data: the objects' ETags / generations, read without downloading: rewriting the
+    data makes a new job, re-reading it does not."""
+    import boto3
+    from google.cloud import storage
+
+    from launcher.data import content_digest
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="data")
+    s3.put_object(Bucket="data", Key="fin/train.jsonl", Body=b'{"prompt": "q", "completion": "a"}\n')
+    first = content_digest("s3://data/fin/train.jsonl")
+    assert first == content_digest("s3://data/fin/train.jsonl") == content_digest("s3://data/fin/")  # a file or its folder
+    s3.put_object(Bucket="data", Key="fin/train.jsonl", Body=b'{"prompt": "q", "completion": "b"}\n')
+    assert content_digest("s3://data/fin/train.jsonl") != first
+    bucket = storage.Client().create_bucket("gdata")
+    bucket.blob("export/training-0.jsonl").upload_from_string(b'{"prompt": "q", "completion": "a"}\n')
+    before = content_digest("gs://gdata/export")
+    bucket.blob("export/training-0.jsonl").upload_from_string(b'{"prompt": "q", "completion": "c"}\n')
+    assert content_digest("gs://gdata/export") != before
+    with pytest.raises(NotFoundError, match="no objects at s3://data/nothing"):
+        content_digest("s3://data/nothing")

@@ -29,7 +29,7 @@ def validate(*args: str):
             "3: unknown field 'completoin' in a prompt_completion example. Did you mean 'completion'? "
             "To fix: use only completion, id, metadata, prompt",
         ),
-        ("wrong_type", "3: field 'completion' must be a string, got list"),
+        ("wrong_type", "3: field 'completion' must be a string, got list. To fix: write it as one JSON string"),
         (
             "unknown_role",
             "3: messages[1]: unknown role 'assistent'. Did you mean 'assistant'? To fix: use one of system, user, assistant",
@@ -175,7 +175,7 @@ def test_several_broken_datasets_are_all_reported(tmp_path):
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [
         f"{DATA / 'missing_field.jsonl'}:3: missing field 'completion'. To fix: add it",
-        f"{DATA / 'wrong_type.jsonl'}:3: field 'completion' must be a string, got list",
+        f"{DATA / 'wrong_type.jsonl'}:3: field 'completion' must be a string, got list. To fix: write it as one JSON string",
         "Error: 2 problems in train (1), eval (1), listed above. To fix: correct or remove those lines, then validate again",
     ]
 

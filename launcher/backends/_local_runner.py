@@ -31,7 +31,7 @@ def _failure_message(folder: Path, log_offset: int, code: int) -> str:
     if failure.is_file():
         text = failure.read_text(encoding="utf-8", errors="replace").strip()
         if text:
-            return text.splitlines()[-1]
+            return text.splitlines()[0]  # the reason; the entrypoint writes one line
     try:
         with open(folder / "logs.txt", "rb") as handle:
             handle.seek(log_offset)
@@ -83,7 +83,9 @@ def run(folder: Path, lock_fd: int) -> int:
         final, message = "INTERRUPTED", "interrupted after a checkpoint. To fix: submit it again to resume"
     else:
         final, message = "FAILED", _failure_message(folder, log_offset, code)
-    print(f"=== launcher: attempt {attempt} ended {now()}: {final} (exit code {code}) ===", flush=True)
+    how = {"CANCELLED": "cancelled by user", "INTERRUPTED": "checkpointed; submit it again to resume",
+           "SUCCEEDED": "done"}.get(final, f"exit code {code}")
+    print(f"=== launcher: attempt {attempt} ended {now()}: {final} ({how}) ===", flush=True)
     _merge_state(folder, state=final, message=message, exit_code=code, ended_at=now())
     return 0
 

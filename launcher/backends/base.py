@@ -1,10 +1,16 @@
 """The backend protocol: one class per place jobs run (local, SageMaker, Vertex), registered by name.
 
-A backend's methods fall in two small groups: training (``stage``, ``submit``, ``status``, ``logs``,
-``cancel``, ``list``) and serving (``deploy``, ``invoke``, ``undeploy``, ``endpoints``; arrives with the
-serving work). A backend states what it cannot do as data (``unsupported``: feature -> reason) and
-``require`` turns that into one clear error, instead of a bare NotImplementedError. Cloud SDKs are
-imported inside the backend's own module, never here.
+``launcher.api`` builds one ``LaunchRequest`` from the validated spec and hands it to a backend; the
+backend returns a ``JobRef``, the address of the job that every later call takes. A backend's methods
+fall in two small groups: training (``check``, ``find``, ``submit``, ``status``, ``logs``, ``cancel``,
+``list``, ``artifacts``) and serving (``deploy``, ``invoke``, ``undeploy``, ``endpoints``; arrives with
+the serving work). Staging (copying data, bundling code) is each backend's own business inside
+``submit``. Idempotency is not: ``api.launch`` looks the job up (``find``) before it submits, in one
+place for every backend.
+
+A backend states what it cannot do as data (``unsupported``: feature -> reason); the default ``check``
+turns the features a spec needs into one clear error, instead of a bare NotImplementedError. Cloud SDKs
+are imported inside the backend's own module (through ``launcher.clouds``), never here.
 """
 
 from __future__ import annotations
@@ -13,24 +19,35 @@ import enum
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from launcher.errors import UnsupportedError
+from launcher.errors import NotFoundError, UnsupportedError
 
 if TYPE_CHECKING:
-    from launcher.spec import JobSpec
+    from launcher.spec import ComputeSpec, JobSpec, TrainConfig
 
 
 class JobState(str, enum.Enum):
-    """The one job-state enum every backend maps its native states onto."""
+    """The one job-state enum every backend maps its native states onto.
+
+    INTERRUPTED is at rest: the job stopped after a checkpoint (SIGTERM, a spot reclaim the platform
+    does not retry) and resumes when it is submitted again. A restart the platform makes by itself
+    (SageMaker managed spot, a Vertex worker restart) is RUNNING, with a message and the attempt count.
+    """
 
     PENDING = "PENDING"
     RUNNING = "RUNNING"
-    INTERRUPTED = "INTERRUPTED"  # spot interruption or SIGTERM: checkpointed, will resume / can be resumed
+    INTERRUPTED = "INTERRUPTED"
     STOPPING = "STOPPING"
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
+
+    @property
+    def active(self) -> bool:
+        """Something is running or about to: submitting again re-attaches instead of launching."""
+        return self in (JobState.PENDING, JobState.RUNNING, JobState.STOPPING)
 
     @property
     def terminal(self) -> bool:
@@ -46,6 +63,34 @@ class Feature(str, enum.Enum):
     DEPLOY = "deploying endpoints"
 
 
+@dataclass(frozen=True)
+class JobRef:
+    """Where a job is: what ``submit`` returns and the index, ``JobHandle`` and ``attach`` keep."""
+
+    backend: str
+    job_id: str
+    native_id: str = ""  # the platform's own name: a training job name / ARN, a CustomJob resource name
+    location: dict[str, str] = field(default_factory=dict)  # region, project, ...
+    attempt: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobRef:
+        return cls(backend=data["backend"], job_id=data["job_id"], native_id=data.get("native_id", ""),
+                   location=dict(data.get("location") or {}), attempt=int(data.get("attempt", 1)))
+
+
+class JobExists(Exception):
+    """Raised by ``submit`` when the job it was asked to start is already there (another launch won a
+    race, or a create the platform refused as a duplicate name): ``api.launch`` re-attaches to ``ref``."""
+
+    def __init__(self, ref: JobRef):
+        super().__init__(ref.job_id)
+        self.ref = ref
+
+
 @dataclass
 class JobInfo:
     """What a backend knows about one job."""
@@ -56,14 +101,60 @@ class JobInfo:
     name: str = ""
     created_at: str = ""
     updated_at: str = ""
-    message: str = ""  # the failure reason, or what the job is doing
+    message: str = ""  # the failure reason (one line), or what the job is doing
     output: str = ""  # where the model dir lands (local path, s3://, gs://)
+    attempt: int = 1  # submissions so far (local, SageMaker: a resubmission is a new attempt)
+    reattached: bool = False  # this submission found the job already there
+    native_id: str = ""
+    location: dict[str, str] = field(default_factory=dict)
+    checkpoint_step: int | None = None  # the newest complete checkpoint's step, where the backend can see it
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ref(self) -> JobRef:
+        return JobRef(self.backend, self.job_id, self.native_id, dict(self.location), self.attempt)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["state"] = self.state.value
         return data
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    """Everything a backend needs to start one job, built once by ``api`` from the validated spec.
+
+    The entrypoint receives ``config.wire()``: only the non-default settings and a schema version.
+    Secrets travel as references (the NAME of an environment variable or a secret), never values.
+    """
+
+    job_id: str
+    backend: str
+    name: str
+    run_name: str
+    config: TrainConfig
+    channels: dict[str, str]  # channel -> URI as the user gave it (a local path, s3://, gs://)
+    compute: ComputeSpec
+    device: str = "auto"  # local: auto | cpu | cuda; clouds: the accelerator kind
+    processes_per_host: int = 1
+    output_uri: str | None = None  # None: the backend's own place (local: the job folder)
+    checkpoint_uri: str | None = None  # None: next to the output
+    image: str | None = None  # a container image; None: the backend's default (or a source bundle)
+    secrets: dict[str, str] = field(default_factory=dict)  # what the job reads -> reference (names only)
+    tags: dict[str, str] = field(default_factory=dict)
+    backend_options: dict[str, Any] = field(default_factory=dict)  # the spec's section for this backend
+    attempt: int = 1
+    identity: dict[str, Any] = field(default_factory=dict)  # what the job id hashes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id, "backend": self.backend, "name": self.name, "run_name": self.run_name,
+            "attempt": self.attempt, "settings": self.config.wire(), "channels": dict(self.channels),
+            "compute": self.compute.model_dump(mode="json"), "device": self.device,
+            "processes_per_host": self.processes_per_host, "output_uri": self.output_uri,
+            "checkpoint_uri": self.checkpoint_uri, "image": self.image, "secrets": dict(self.secrets),
+            "tags": dict(self.tags), "backend_options": dict(self.backend_options), "identity": self.identity,
+        }
 
 
 class Backend(ABC):
@@ -76,33 +167,55 @@ class Backend(ABC):
         """Raise one clear error when this backend lacks ``feature``."""
         reason = self.unsupported.get(feature)
         if reason is not None:
-            raise UnsupportedError(f"the '{self.name}' backend does not support {feature.value}: {reason}")
+            fix = "" if "To fix" in reason else ". To fix: use a backend that supports it (--backend)"
+            raise UnsupportedError(f"the '{self.name}' backend does not support {feature.value}: {reason}{fix}")
 
     # --- training --------------------------------------------------------------------------------
-    @abstractmethod
-    def stage(self, spec: JobSpec, job_id: str) -> dict[str, str]:
-        """Put the job's inputs where the job can read them; return channel -> staged URI."""
+    def check(self, spec: JobSpec) -> list[str]:
+        """Refuse what this backend cannot run, before anything is staged; return warnings to show.
+        The default checks the features the spec needs against ``unsupported``."""
+        if spec.compute.spot:
+            self.require(Feature.SPOT)
+        if spec.compute.nodes > 1:
+            self.require(Feature.MULTI_NODE)
+        if spec.compute.accelerator is not None:
+            self.require(Feature.GPU)
+        return []
+
+    def describe(self, request: LaunchRequest) -> dict[str, Any]:
+        """What ``submit`` would send for ``request`` (``launcher train --dry-run``); nothing is staged."""
+        return request.to_dict()
 
     @abstractmethod
-    def submit(self, spec: JobSpec, run_name: str = "run1") -> JobInfo:
-        """Start the job, or re-attach when the job with this spec and run name already exists."""
+    def find(self, job_id: str) -> JobRef | None:
+        """The job with this id, if this backend has it (the look-up before every create)."""
 
     @abstractmethod
-    def status(self, job_id: str) -> JobInfo:
-        """The job's current state. Raise NotFoundError for an unknown id."""
+    def submit(self, request: LaunchRequest) -> JobRef:
+        """Stage the inputs and start attempt ``request.attempt`` of the job; ``JobExists`` when it is
+        already there."""
 
     @abstractmethod
-    def logs(self, job_id: str, follow: bool = False) -> Iterator[str]:
+    def status(self, ref: JobRef) -> JobInfo:
+        """The job's current state. Raise NotFoundError for an unknown job."""
+
+    @abstractmethod
+    def logs(self, ref: JobRef, follow: bool = False) -> Iterator[str]:
         """The job's log lines; with ``follow``, keep yielding until the job ends."""
 
     @abstractmethod
-    def cancel(self, job_id: str) -> JobInfo:
+    def cancel(self, ref: JobRef) -> JobInfo:
         """Stop the job (it checkpoints first where it can)."""
 
     @abstractmethod
     def list(self, state: JobState | None = None) -> list[JobInfo]:
         """Jobs this backend knows, newest first."""
 
-    def metrics(self, job_id: str) -> dict[str, Any]:
-        """The finished job's ``metrics.json``."""
-        raise UnsupportedError(f"the '{self.name}' backend cannot fetch metrics yet")
+    def artifacts(self, ref: JobRef) -> Path:
+        """The finished job's model dir as a local folder (downloaded and unpacked when remote)."""
+        from launcher import artifacts
+
+        info = self.status(ref)
+        if not info.output:
+            raise NotFoundError(f"job '{ref.job_id}' has no output location yet ({info.state.value}). To fix: wait until it has SUCCEEDED")
+        return artifacts.model_dir(info.output)

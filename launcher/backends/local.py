@@ -16,10 +16,10 @@ Design decisions that are not obvious:
   closing the terminal or Ctrl-C in ``launcher train`` leaves the job running. The runner waits for the
   entrypoint and records its exit code atomically; if the runner itself is killed, ``status`` sees a
   free lock and a non-final state and says so.
-* **Idempotent submission.** The job id comes from the spec and the run name. Under a per-job lock,
-  a job that is pending, running or succeeded is re-attached (no second process); an interrupted, failed
-  or cancelled one is resumed in the same folder: its inputs are staged again (so a fixed data file is
-  picked up) and the entrypoint resumes from its newest checkpoint.
+* **Resubmission is the next attempt.** ``api.launch`` decides (look-up before create); ``submit`` runs
+  attempt N in the same folder under a per-job lock: the inputs are staged again and the entrypoint
+  resumes from its newest checkpoint. Should two launches race, the loser finds the run lock held and
+  starts nothing.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import fcntl
-import json
 import os
 import shutil
 import signal
@@ -39,16 +38,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from launcher.backends.base import Backend, Feature, JobInfo, JobState
-from launcher.state import file_lock, home, write_json
+from launcher.backends.base import Backend, Feature, JobExists, JobInfo, JobRef, JobState, LaunchRequest
 from launcher.errors import BackendError, NotFoundError, UnsupportedError
+from launcher.state import file_lock, home, read_json, write_json
 
 if TYPE_CHECKING:
     from launcher.spec import JobSpec
 
 ENTRYPOINT = "entrypoints.train"
 DEFAULT_GRACE_S = 30.0
-_ACTIVE = (JobState.PENDING, JobState.RUNNING, JobState.STOPPING)
 
 
 def now() -> str:
@@ -85,8 +83,9 @@ class LocalBackend(Backend):
         return folder
 
     # --- training ----------------------------------------------------------------------------------
-    def check(self, spec: JobSpec) -> None:
-        """What the local backend cannot run; raised before anything is written."""
+    def check(self, spec: JobSpec) -> list[str]:
+        """What the local backend cannot run, raised before anything is written; warnings for what it
+        runs differently from what the spec asks (a GPU this machine lacks, spot)."""
         if spec.compute.nodes > 1:
             self.require(Feature.MULTI_NODE)
         for channel, uri in spec.data.channels().items():
@@ -95,27 +94,33 @@ class LocalBackend(Backend):
                     f"data.{channel} = '{uri}': the local backend reads local files only. "
                     "To fix: download the data and point at the local copy, or use --backend sagemaker/vertex"
                 )
+        warnings = []
+        gpu = _has_cuda_gpu()
+        if spec.local.device == "cuda" and not gpu:
+            raise UnsupportedError("local.device is cuda but this machine has no CUDA GPU. To fix: local.device: auto (or cpu)")
+        if spec.compute.accelerator is not None and not gpu and spec.local.device != "cpu":
+            warnings.append(f"the spec asks for {spec.compute.accelerator} but this machine has no CUDA GPU: "
+                            "the local backend trains on the CPU")
+        if spec.compute.spot:
+            warnings.append("compute.spot applies to SageMaker and Vertex AI; the local backend ignores it")
+        return warnings
 
-    def stage(self, spec: JobSpec, job_id: str) -> dict[str, str]:
-        """Copy the data files into ``input/data/<channel>/`` and write the hyperparameters; the new
-        ``input/`` replaces the old one in one rename."""
+    def _stage(self, request: LaunchRequest, folder: Path) -> None:
+        """Copy the data files into ``input/data/<channel>/`` and write the settings as the entrypoint
+        reads them; the new ``input/`` replaces the old one in one rename."""
         from launcher.data import dataset_files
 
-        self.check(spec)
-        folder = self.job_dir(job_id)
         folder.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".input-", dir=folder))
-        staged = {}
         try:
-            for channel, uri in spec.data.channels().items():
+            for channel, uri in request.channels.items():
                 target = tmp / "data" / channel
                 target.mkdir(parents=True)
                 source = Path(uri)
                 for path in dataset_files(source):
                     name = "__".join(path.relative_to(source).parts) if source.is_dir() else path.name
                     shutil.copyfile(path, target / name)
-                staged[channel] = str(folder / "input" / "data" / channel)
-            write_json(tmp / "config" / "hyperparameters.json", spec.train_config().to_hyperparameters())
+            write_json(tmp / "config" / "hyperparameters.json", request.config.to_hyperparameters())
             old = folder / "input"
             if old.exists():
                 old.rename(folder / f".input-old-{os.getpid()}")
@@ -124,50 +129,49 @@ class LocalBackend(Backend):
             shutil.rmtree(tmp, ignore_errors=True)
             for leftover in folder.glob(".input-old-*"):
                 shutil.rmtree(leftover, ignore_errors=True)
-        return staged
 
-    def submit(self, spec: JobSpec, run_name: str = "run1") -> JobInfo:
-        self.check(spec)
-        job_id = spec.job_id(run_name)
+    def describe(self, request: LaunchRequest) -> dict[str, Any]:
+        folder = self.job_dir(request.job_id)
+        return {**request.to_dict(), "job_dir": str(folder),
+                "command": [sys.executable, "-m", self.entrypoint, "--root", str(folder)],
+                "hyperparameters.json": request.config.to_hyperparameters()}
+
+    def find(self, job_id: str) -> JobRef | None:
+        folder = self.job_dir(job_id)
+        if not (folder / "job.json").is_file():
+            return None
+        return JobRef(self.name, job_id, native_id=str(folder), attempt=int(read_json(folder / "state.json").get("attempt", 1)))
+
+    def submit(self, request: LaunchRequest) -> JobRef:
+        job_id = request.job_id
         folder = self.job_dir(job_id)
         with file_lock(self.root / "locks" / f"{job_id}.lock"):
             lock = _take_run_lock(folder)
-            if lock is None:  # alive: re-attach
-                return self._reattached(self.status(job_id))
+            if lock is None:  # another launch started it a moment ago: start nothing
+                raise JobExists(self.find(job_id) or JobRef(self.name, job_id, native_id=str(folder)))
+            first = not (folder / "job.json").is_file()
+            if not first and int(read_json(folder / "state.json").get("attempt", 0)) >= request.attempt:
+                os.close(lock)  # this attempt was started already (a launch that raced ours and finished)
+                raise JobExists(self.find(job_id))
             try:
-                if (folder / "job.json").is_file():
-                    info = self.status(job_id)
-                    if info.state is JobState.SUCCEEDED:
-                        return self._reattached(info)
-                    attempt = _read_json(folder / "state.json").get("attempt", 0) + 1
-                else:
-                    attempt = 1
                 try:
-                    self.stage(spec, job_id)
+                    self._stage(request, folder)
                 except BaseException:
-                    if attempt == 1:  # leave no half-made job behind
+                    if first:  # leave no half-made job behind
                         shutil.rmtree(folder, ignore_errors=True)
                     raise
-                if attempt == 1:
-                    (folder / "spec.yaml").write_text(spec.to_yaml(), encoding="utf-8")
-                    write_json(
-                        folder / "job.json",
-                        {
-                            "job_id": job_id,
-                            "name": spec.name,
-                            "run_name": run_name,
-                            "created_at": now(),
-                            "created_ts": time.time(),
-                            "device": spec.local.device,
-                            "command": [sys.executable, "-m", self.entrypoint, "--root", str(folder)],
-                        },
-                    )
+                if first:
+                    write_json(folder / "job.json", {
+                        "job_id": job_id, "name": request.name, "run_name": request.run_name, "created_at": now(),
+                        "created_ts": time.time(), "device": request.device, "request": request.to_dict(),
+                        "command": [sys.executable, "-m", self.entrypoint, "--root", str(folder)],
+                    })
                 with contextlib.suppress(FileNotFoundError):
                     (folder / "cancel").unlink()
-                self._start(folder, lock, attempt)
+                self._start(folder, lock, request.attempt)
             finally:
                 os.close(lock)
-        return self.status(job_id)
+        return JobRef(self.name, job_id, native_id=str(folder), attempt=request.attempt)
 
     def _start(self, folder: Path, lock_fd: int, attempt: int) -> None:
         """Start the runner detached (new session, double fork); it inherits the run lock."""
@@ -186,13 +190,10 @@ class LocalBackend(Backend):
                 start_new_session=True,
             )
         if runner.wait() != 0:  # the first process only forks and exits
-            raise BackendError(f"could not start the local runner for {folder.name}; see {folder / 'logs.txt'}")
+            raise BackendError(f"could not start the local runner for {folder.name}. To fix: read {folder / 'logs.txt'}, then run the command again")
 
-    def _reattached(self, info: JobInfo) -> JobInfo:
-        info.extra["reattached"] = True
-        return info
-
-    def status(self, job_id: str) -> JobInfo:
+    def status(self, ref: JobRef) -> JobInfo:
+        job_id = ref.job_id
         folder = self._existing(job_id)
         job = _read_json(folder / "job.json")
         state = _read_json(folder / "state.json")
@@ -203,7 +204,7 @@ class LocalBackend(Backend):
         if alive:
             if cancel:
                 value, message = JobState.STOPPING, "cancel requested"
-        elif value in _ACTIVE:
+        elif value.active:
             if cancel:
                 value, message = JobState.CANCELLED, "cancelled by user"
             else:
@@ -221,9 +222,11 @@ class LocalBackend(Backend):
             updated_at=state.get("updated_at", ""),
             message=message,
             output=str(folder / "model"),
+            attempt=int(state.get("attempt", 1)),
+            native_id=str(folder),
+            checkpoint_step=_newest_checkpoint(folder / "checkpoints"),
             extra={
                 "run_name": job.get("run_name", ""),
-                "attempt": state.get("attempt", 0),
                 "exit_code": state.get("exit_code"),
                 "pgid": state.get("pgid"),
                 "device": job.get("device", ""),
@@ -232,8 +235,8 @@ class LocalBackend(Backend):
             },
         )
 
-    def logs(self, job_id: str, follow: bool = False, poll: float = 0.2) -> Iterator[str]:
-        folder = self._existing(job_id)
+    def logs(self, ref: JobRef, follow: bool = False, poll: float = 0.2) -> Iterator[str]:
+        folder = self._existing(ref.job_id)
         path = folder / "logs.txt"
         pending = b""
         with open(path, "a+b") as handle:  # "a+" creates it when the job has not written yet
@@ -256,22 +259,23 @@ class LocalBackend(Backend):
         if pending:
             yield pending.decode("utf-8", "replace")
 
-    def cancel(self, job_id: str, grace_s: float | None = None) -> JobInfo:
+    def cancel(self, ref: JobRef) -> JobInfo:
         """SIGTERM to the job's process group (the entrypoint checkpoints and exits), then SIGKILL
-        once ``grace_s`` seconds have passed."""
+        once ``grace_s`` seconds have passed (``LAUNCHER_CANCEL_GRACE``, default 30)."""
+        job_id = ref.job_id
         folder = self._existing(job_id)
         if _lock_held(folder):
             (folder / "cancel").write_text(now() + "\n", encoding="utf-8")
             pgid = self._wait_for_pgid(folder)
             if pgid is not None:
-                self._terminate(folder, pgid, self.grace_s if grace_s is None else grace_s)
+                self._terminate(folder, pgid, self.grace_s)
         # Interrupted (before, or just as the cancel arrived): nothing runs, so it ends here. The
         # checkpoint stays, so submitting again still resumes.
         with file_lock(self.root / "locks" / f"{job_id}.lock"):  # not racing a resubmission
-            if self.status(job_id).state is JobState.INTERRUPTED and not _lock_held(folder):
+            if self.status(ref).state is JobState.INTERRUPTED and not _lock_held(folder):
                 _merge_state(folder, state="CANCELLED", ended_at=now(),
                              message="cancelled by user after an interruption; submit it again to resume from its checkpoint")
-        return self.status(job_id)
+        return self.status(ref)
 
     @staticmethod
     def _terminate(folder: Path, pgid: int, grace_s: float) -> None:
@@ -294,7 +298,7 @@ class LocalBackend(Backend):
             if pgid:
                 return int(pgid)
             if time.monotonic() > deadline:
-                raise BackendError(f"cannot find the process group of job {folder.name}; see {folder / 'logs.txt'}")
+                raise BackendError(f"cannot find the process group of job {folder.name}. To fix: read {folder / 'logs.txt'}, then run the command again")
             time.sleep(0.05)
         return None
 
@@ -305,29 +309,31 @@ class LocalBackend(Backend):
         for folder in self.jobs_dir.iterdir():
             if folder.name.startswith(".") or not (folder / "job.json").is_file():
                 continue
-            info = self.status(folder.name)
+            info = self.status(JobRef(self.name, folder.name))
             if state is None or info.state is state:
                 created = _read_json(folder / "job.json").get("created_ts", 0.0)
                 found.append((created, info))
         return [info for _, info in sorted(found, key=lambda pair: pair[0], reverse=True)]
 
-    def metrics(self, job_id: str) -> dict[str, Any]:
-        path = self._existing(job_id) / "model" / "metrics.json"
-        if not path.is_file():
-            info = self.status(job_id)
-            raise NotFoundError(
-                f"job '{job_id}' has no metrics yet ({info.state.value}): {path} does not exist. "
-                "To fix: wait until the job has succeeded"
-            )
-        return json.loads(path.read_text(encoding="utf-8"))
+    def artifacts(self, ref: JobRef) -> Path:
+        return self._existing(ref.job_id) / "model"
 
 
 # --- helpers shared with the runner ------------------------------------------------------------------
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
+_read_json = read_json
+
+
+def _has_cuda_gpu() -> bool:
+    """Whether this machine has an NVIDIA GPU, without importing torch (which takes seconds)."""
+    return any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+def _newest_checkpoint(directory: Path) -> int | None:
+    """The step of the newest complete checkpoint (what a resubmission resumes from)."""
+    from entrypoints import checkpoint  # the completeness rule lives with the writer (stdlib only)
+
+    found = checkpoint.complete(directory)
+    return int(found[-1].name.removeprefix("step-")) if found else None
 
 
 def _merge_state(folder: Path, **updates: Any) -> None:

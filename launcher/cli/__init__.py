@@ -1,1 +1,2 @@
-"""The ``launcher`` command line: one module per command group, one way to fail (see ``main.abort``)."""
+"""The ``launcher`` command line: one module per command group; shared options, output and the one way to
+fail in ``common``."""

@@ -8,13 +8,12 @@ tokenizer cannot be had), the same counts ``launcher plan`` uses. This module ad
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import typer
 
-from launcher.data import DatasetReport, validate_dataset
+from launcher.cli.common import abort, json_option, output
+from launcher.data import DatasetReport, dataset_files, validate_dataset
 from launcher.tokens import TokenCounter, token_counter
 
 MAX_LISTED_ERRORS = 20
@@ -27,7 +26,7 @@ def register(app: typer.Typer) -> None:
         eval_data: Path = typer.Option(None, "--eval", help="An eval dataset to check (and to check for overlap with train)."),
         base_model: str = typer.Option(None, "--base-model", help="Count tokens with this model's tokenizer (default: the spec's)."),
         max_seq_len: int = typer.Option(None, "--max-seq-len", help="Flag examples longer than this (default: the spec's, else 1024)."),
-        as_json: bool = typer.Option(False, "--json", help="Print the reports as JSON."),
+        as_json: bool = json_option(),
     ) -> None:
         """Check datasets: format, counts, duplicates, role order, token lengths, train/eval overlap."""
         from launcher.spec import Hyperparameters, JobSpec
@@ -45,18 +44,18 @@ def register(app: typer.Typer) -> None:
         if eval_data is not None:
             eval_uri = str(eval_data)
         max_seq_len = max_seq_len or Hyperparameters.model_fields["max_seq_len"].default
+        for uri in (train, eval_uri, general):  # a dataset that is not there is one line, not a report
+            if uri is not None and "://" not in str(uri):
+                dataset_files(uri)
         counter = token_counter(base_model, token_env)
         reports = validate_dataset(train, eval_uri, general, count_tokens=counter.count, max_seq_len=max_seq_len)
-        if as_json:
-            payload = {
-                "ok": all(r.ok for r in reports),
-                "max_seq_len": max_seq_len,
-                "tokenizer": {"label": counter.label, "exact": counter.exact},
-                "datasets": [r.to_dict(max_seq_len) for r in reports],
-            }
-            typer.echo(json.dumps(payload, indent=2))
-        else:
-            _print_reports(reports, counter, max_seq_len)
+        payload = {
+            "ok": all(r.ok for r in reports),
+            "max_seq_len": max_seq_len,
+            "tokenizer": {"label": counter.label, "exact": counter.exact},
+            "datasets": [r.to_dict(max_seq_len) for r in reports],
+        }
+        output(payload, as_json, lambda _: _print_reports(reports, counter, max_seq_len))
         _exit_on_errors(reports)
 
 
@@ -112,17 +111,14 @@ def _exit_on_errors(reports: list[DatasetReport]) -> None:
     errors = [e for r in reports for e in r.errors]
     if not errors:
         return
-    sys.stdout.flush()  # the report first, then the errors, when both go to one terminal
     if len(errors) == 1:
-        typer.echo(f"Error: {errors[0]}", err=True)
-        raise typer.Exit(2)
-    for line in errors[:MAX_LISTED_ERRORS]:
-        typer.echo(line, err=True)
+        abort(errors[0], 2)
+    listed = errors[:MAX_LISTED_ERRORS]
     if len(errors) > MAX_LISTED_ERRORS:
-        typer.echo(f"... and {len(errors) - MAX_LISTED_ERRORS} more", err=True)
+        listed.append(f"... and {len(errors) - MAX_LISTED_ERRORS} more")
     bad = ", ".join(f"{r.channel} ({len(r.errors)})" for r in reports if r.errors)
-    typer.echo(
-        f"Error: {len(errors)} problems in {bad}, listed above. To fix: correct or remove those lines, then validate again",
-        err=True,
+    abort(
+        f"{len(errors)} problems in {bad}, listed above. To fix: correct or remove those lines, then validate again",
+        2,
+        details=listed,
     )
-    raise typer.Exit(2)

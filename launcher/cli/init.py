@@ -11,6 +11,8 @@ from pathlib import Path
 
 import typer
 
+from launcher.cli.common import json_option, output
+
 
 def template(path: str = "job.yaml") -> str:
     """The example spec, with ``path`` in the commands it starts with."""
@@ -23,6 +25,7 @@ def template(path: str = "job.yaml") -> str:
 def init(
     path: Path = typer.Argument(Path("job.yaml"), metavar="[PATH]", help="Where to write the spec (default job.yaml)."),
     force: bool = typer.Option(False, "--force", help="Overwrite PATH if it exists."),
+    as_json: bool = json_option(),
 ) -> None:
     """Write a commented example job spec to PATH."""
     from launcher.errors import UserInputError
@@ -36,7 +39,8 @@ def init(
     from launcher.state import write_text
 
     write_text(path, template(str(path)))
-    typer.echo(f"Wrote {path}. Point data.train at your JSONL file, then run: launcher train {path}")
+    written = {"path": str(path), "next": f"launcher train {path}"}
+    output(written, as_json, lambda w: typer.echo(f"Wrote {w['path']}. Point data.train at your JSONL file, then run: {w['next']}"))
 
 
 def register(app: typer.Typer) -> None:

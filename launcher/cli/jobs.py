@@ -3,17 +3,19 @@
 Thin wrappers over ``launcher.api``: a job id is all a later command needs (``attach`` finds the
 backend in ``$LAUNCHER_HOME/index.json``). ``train`` without ``--detach`` streams the logs until the job
 ends and exits 0 on success, 1 otherwise; Ctrl-C only detaches, the job keeps running. With ``--json``
-the result goes to stdout as JSON and everything meant for people goes to stderr. Rich is imported inside
-the commands that draw tables, so ``launcher --help`` stays fast.
+the result goes to stdout as JSON and everything meant for people goes to stderr (``common.output`` and
+``common.say``; ``logs --json`` is one JSON object a line). Rich is imported inside the commands that draw
+tables, so ``launcher --help`` stays fast.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
+
+from launcher.cli.common import json_option, output, print_json, say
 
 if TYPE_CHECKING:
     from launcher.backends.base import JobInfo
@@ -42,52 +44,66 @@ def train(
     ),
     new_run: bool = typer.Option(False, "--new-run", help="Start a fresh job (a run name from the current time)."),
     detach: bool = typer.Option(False, "--detach", "-d", help="Return once the job is submitted; do not stream its logs."),
-    as_json: bool = typer.Option(False, "--json", help="Print the job as JSON on stdout (messages go to stderr)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check the spec and print the job id and the launch request; stage and launch nothing."),
+    as_json: bool = json_option(),
 ) -> None:
     """Validate the data, stage it and start the job, or re-attach to the job this spec already started."""
-    from launcher.api import launch
+    from launcher.api import launch, request
     from launcher.backends.base import JobState
     from launcher.errors import JobFailedError
 
+    if dry_run:
+        built, runner, warnings = request(spec_path, backend=backend, run_name=run_name, new_run=new_run)
+        for warning in warnings:
+            say(f"Warning: {warning}", as_json)
+        described = {"job_id": built.job_id, "backend": runner.name, "request": runner.describe(built)}
+        if not as_json:
+            say(f"Job {built.job_id} on the {runner.name} backend (dry run: nothing staged or launched). It would send:", as_json)
+        print_json(described if as_json else described["request"])
+        return
     handle = launch(spec_path, backend=backend, run_name=run_name, new_run=new_run)
+    for warning in handle.warnings:
+        say(f"Warning: {warning}", as_json)
     info = handle.status()
-    say = _sayer(as_json)
     if handle.reattached:
-        say(f"Re-attached to job {handle.job_id} ({info.state.value}): same spec and run name. Use --new-run for a fresh job.")
+        say(f"Re-attached to job {handle.job_id} ({info.state.value}): same spec and run name. Use --new-run for a fresh job.", as_json)
+    elif info.attempt > 1:
+        where = f"from step {info.checkpoint_step}" if info.checkpoint_step else "from the start (no checkpoint was saved)"
+        say(f"Resuming job {handle.job_id} {where} (attempt {info.attempt}) on the {backend} backend.", as_json)
     else:
-        say(f"Submitted job {handle.job_id} to the {backend} backend.")
+        say(f"Submitted job {handle.job_id} to the {backend} backend.", as_json)
     if detach or info.state is JobState.SUCCEEDED:
         if detach:
-            say(f"Follow it with 'launcher logs -f {handle.job_id}'; check it with 'launcher status {handle.job_id}'.")
-        _finish(info, as_json)
+            say(f"Follow it with 'launcher logs -f {handle.job_id}'; check it with 'launcher status {handle.job_id}'.", as_json)
+        output(info, as_json)
         return
     try:
         for line in handle.logs(follow=True):
-            say(line)
+            say(line, as_json)
         info = handle.wait(logs=False, poll=0.5)
     except KeyboardInterrupt:
-        say(f"Detached; job {handle.job_id} keeps running. Re-attach with 'launcher logs -f {handle.job_id}'.")
+        say(f"Detached; job {handle.job_id} keeps running. Re-attach with 'launcher logs -f {handle.job_id}'.", as_json)
         raise typer.Exit(130) from None
     if info.state is not JobState.SUCCEEDED:
         raise JobFailedError(
             f"job {handle.job_id} ended {info.state.value}: {info.message or 'no reason recorded'}. "
             "To fix: run the same command again to resume it from its newest checkpoint"
         )
-    say(f"Job {handle.job_id} SUCCEEDED. Model and metrics: {info.output}")
-    _finish(info, as_json)
+    say(f"Job {handle.job_id} SUCCEEDED. Model and metrics: {info.output}", as_json)
+    output(info, as_json)
 
 
 def status(
     job_id: str = typer.Argument(..., metavar="JOB_ID", help="The job id ('launcher list' shows them)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    as_json: bool = json_option(),
 ) -> None:
     """Show one job's state."""
     from launcher.api import attach
 
-    info = attach(job_id).status()
-    if as_json:
-        typer.echo(json.dumps(info.to_dict(), indent=2))
-        return
+    output(attach(job_id).status(), as_json, _print_status)
+
+
+def _print_status(info: JobInfo) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -102,6 +118,9 @@ def status(
         "created": info.created_at,
         "updated": info.updated_at,
         "message": info.message,
+        "attempt": str(info.attempt),
+        "checkpoint": f"step {info.checkpoint_step}" if info.checkpoint_step else "",
+        "native id": info.native_id,
         "output": info.output,
         **{key.replace("_", " "): str(value) for key, value in info.extra.items() if value not in (None, "")},
     }
@@ -114,6 +133,7 @@ def status(
 def logs(
     job_id: str = typer.Argument(..., metavar="JOB_ID", help="The job id."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines until the job ends."),
+    as_json: bool = json_option('One JSON object a line on stdout, {"job_id": ..., "line": ...}; an error as {"error": ..., "exit_code": ...}.'),
 ) -> None:
     """Print a job's log (stdout and stderr of every attempt)."""
     from launcher.api import attach
@@ -121,7 +141,10 @@ def logs(
     handle = attach(job_id)
     try:
         for line in handle.logs(follow=follow):
-            typer.echo(line)
+            if as_json:
+                print_json({"job_id": job_id, "line": line}, indent=None)
+            else:
+                typer.echo(line)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 
@@ -134,31 +157,32 @@ def cancel(
         envvar="LAUNCHER_CANCEL_GRACE",
         help="Local backend: seconds between SIGTERM (the job checkpoints) and SIGKILL (env: LAUNCHER_CANCEL_GRACE; default 30).",
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print the job as JSON."),
+    as_json: bool = json_option(),
 ) -> None:
     """Stop a job; it saves a checkpoint first, and submitting it again resumes from there."""
+    import os
+
     from launcher.api import attach
 
+    if grace is not None:  # a local-backend setting; the API's cancel takes no backend options
+        os.environ["LAUNCHER_CANCEL_GRACE"] = str(grace)
     handle = attach(job_id)
-    info = handle.cancel(grace_s=grace) if grace is not None else handle.cancel()
-    if as_json:
-        typer.echo(json.dumps(info.to_dict(), indent=2))
-    else:
-        typer.echo(f"Job {job_id}: {info.state.value}" + (f" ({info.message})" if info.message else ""))
+    info = handle.cancel()
+    output(info, as_json, lambda i: typer.echo(f"Job {job_id}: {i.state.value}" + (f" ({i.message})" if i.message else "")))
 
 
 def list_jobs(
     state: str = typer.Option(None, "--state", "-s", help="Only jobs in this state (e.g. RUNNING, FAILED)."),
     backend: str = typer.Option(None, "--backend", "-b", help="Only this backend's jobs (default: every backend used here)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    as_json: bool = json_option(),
 ) -> None:
     """List jobs, newest first."""
     from launcher.api import jobs
 
-    found = jobs(state=state, backend=backend)
-    if as_json:
-        typer.echo(json.dumps([info.to_dict() for info in found], indent=2))
-        return
+    output(jobs(state=state, backend=backend), as_json, lambda found: _print_jobs(found, state))
+
+
+def _print_jobs(found: list[JobInfo], state: str | None) -> None:
     if not found:
         typer.echo("No jobs." + ("" if state is None else f" (state {state.upper()})"))
         return
@@ -174,18 +198,6 @@ def list_jobs(
         state = f"[{_STATE_STYLE[info.state.value]}]{info.state.value}[/]"
         table.add_row(info.job_id, state, info.backend, info.created_at.replace("T", " ")[5:16], info.message)
     Console().print(table)
-
-
-def _sayer(as_json: bool):
-    def say(text: str) -> None:
-        typer.echo(text, err=as_json)
-
-    return say
-
-
-def _finish(info: JobInfo, as_json: bool) -> None:
-    if as_json:
-        typer.echo(json.dumps(info.to_dict(), indent=2))
 
 
 def register(app: typer.Typer) -> None:

@@ -7,17 +7,18 @@ a plan is advice, and ``launcher train`` is where ``check_fits`` refuses.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
+
+from launcher.cli.common import json_option, output
 
 
 def register(app: typer.Typer) -> None:
     @app.command("plan")
     def plan_command(
         spec_path: Path = typer.Argument(..., metavar="JOB.yaml", help="The job spec."),
-        as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+        as_json: bool = json_option(),
         tokens: int = typer.Option(
             None, "--tokens", metavar="N", help="Training tokens in one epoch; skips counting (needed for s3:// or gs:// data)."
         ),
@@ -28,10 +29,18 @@ def register(app: typer.Typer) -> None:
 
         spec = JobSpec.from_yaml(spec_path)
         result = plan(spec, dataset_tokens=tokens)
-        if as_json:
-            typer.echo(json.dumps(result.to_dict(), indent=2))
-        else:
-            _print(spec, result)
+        output(result, as_json, lambda r: _print(spec, r))
+
+
+def _micro_batch(config, tokens: int) -> str:  # noqa: ANN001 - TrainConfig (imported lazily)
+    """The micro-batch the memory is planned for, as the arithmetic that gave ``tokens``."""
+    rows = tokens // config.max_seq_len
+    if rows == config.micro_batch_size:
+        return f"micro_batch_size {rows} x max_seq_len {config.max_seq_len} = {tokens:,} tokens per micro-batch"
+    step = config.micro_batch_size * config.gradient_accumulation_steps
+    return (f"memory planned for {rows} example x max_seq_len {config.max_seq_len} = {tokens:,} tokens per micro-batch "
+            f"(the GPU fast path sizes its micro-batches from measured memory; micro_batch_size {config.micro_batch_size} "
+            f"x gradient_accumulation_steps {config.gradient_accumulation_steps} = {step} rows still make each step)")
 
 
 def _gib(value: float | None) -> str:
@@ -61,10 +70,7 @@ def _print(spec, result) -> None:  # noqa: ANN001 - JobSpec, Plan (imported lazi
         f"[bold]{spec.name}[/]: {result.base_model} ({size} params, {shape.layers} layers, hidden "
         f"{shape.hidden}, vocab {shape.vocab:,}), {result.method.upper()} r={config.lora_r} on {targets}"
     )
-    console.print(
-        f"micro_batch_size {config.micro_batch_size} x max_seq_len {config.max_seq_len} = "
-        f"{result.memory.micro_batch_tokens:,} tokens per micro-batch; gradient_checkpointing {config.gradient_checkpointing}"
-    )
+    console.print(f"{_micro_batch(config, result.memory.micro_batch_tokens)}; gradient_checkpointing {config.gradient_checkpointing}")
 
     memory = Table(title="GPU memory per GPU", title_justify="left")
     memory.add_column("term")

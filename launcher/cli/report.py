@@ -8,11 +8,11 @@ comparison. The logic lives in ``launcher.report``; this module is presentation 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
+from launcher.cli.common import json_option, output
 from launcher.errors import UserInputError
 
 
@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
     def report(
         job: str = typer.Argument(..., help="A local job id, or the path of a job's model dir."),
         out: Path = typer.Option(None, "--out", "-o", help="The HTML file to write (default: MODEL_DIR/report.html)."),
-        as_json: bool = typer.Option(False, "--json", help="Print the report path and the metrics as JSON."),
+        as_json: bool = json_option(),
     ) -> None:
         """Write an HTML report of a finished job: loss curve, base vs tuned metrics, samples."""
         from launcher.report import render_html, resolve_model_dir, write_atomic
@@ -29,11 +29,12 @@ def register(app: typer.Typer) -> None:
         model = resolve_model_dir(job)
         target = out or model.path / "report.html"
         write_atomic(target, render_html(model))
-        if as_json:
-            typer.echo(json.dumps({"job": model.job_id, "report": str(target), "metrics": model.metrics}, indent=2))
-            return
-        print_quality_table(model.metrics, title=f"{model.job_id}: base vs tuned")
-        typer.echo(f"Report written to {target}")
+
+        def render(_: dict) -> None:
+            print_quality_table(model.metrics, title=f"{model.job_id}: base vs tuned")
+            typer.echo(f"Report written to {target}")
+
+        output({"job": model.job_id, "report": str(target), "metrics": model.metrics}, as_json, render)
 
     @app.command()
     def review(
@@ -41,33 +42,35 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(None, "--out", "-o", help="Export the samples to this CSV for reviewers."),
         import_path: Path = typer.Option(None, "--import", help="Import the reviewers' filled-in CSV into the job's metrics."),
         force: bool = typer.Option(False, "--force", help="With --out: overwrite an existing file."),
-        as_json: bool = typer.Option(False, "--json", help="With --import: print the imported summary as JSON."),
+        as_json: bool = json_option(),
     ) -> None:
         """Human review: export samples to rate (factual accuracy, tone, guideline adherence, 1-5), then import the ratings."""
-        from launcher.report import CRITERIA, ReviewErrors, export_review, import_review, resolve_model_dir
+        from launcher.report import CRITERIA, export_review, import_review, resolve_model_dir
 
         if (out is None) == (import_path is None):
             raise UserInputError("review needs exactly one of --out FILE.csv or --import FILE.csv. To fix: pass one of them")
         model = resolve_model_dir(job)
         if out is not None:
-            rows = export_review(model, out, force=force)
+            exported = {"job": model.job_id, "csv": str(out), "samples": export_review(model, out, force=force),
+                        "criteria": list(CRITERIA), "next": f"launcher review {job} --import {out}"}
+            output(exported, as_json, lambda e: typer.echo(
+                f"Wrote {e['samples']} samples to {e['csv']}. Rate {', '.join(CRITERIA)} from 1 to 5 (comment optional), "
+                f"then run: {e['next']}"
+            ))
+            return
+        summary = import_review(model, import_path)  # bad rows: a ReviewErrors listing them, exit 2
+
+        def render(summary: dict) -> None:
+            _print_review(summary)
+            print_quality_table(model.metrics, title="Automatic scores, for comparison: base vs tuned")
+            unrated = summary["unrated"]
             typer.echo(
-                f"Wrote {rows} samples to {out}. Rate {', '.join(CRITERIA)} from 1 to 5 (comment optional), "
-                f"then run: launcher review {job} --import {out}"
+                f"Imported {summary['count']} rated samples into {model.path / 'metrics.json'}"
+                + (f"; {unrated} of the job's {summary['samples']} samples are not rated yet and were not imported "
+                   f"(rate them in {import_path} and import it again)." if unrated else ".")
             )
-            return
-        try:
-            summary = import_review(model, import_path)
-        except ReviewErrors as exc:
-            for line in exc.lines:
-                typer.echo(line, err=True)
-            raise
-        if as_json:
-            typer.echo(json.dumps(summary, indent=2))
-            return
-        _print_review(summary)
-        print_quality_table(model.metrics, title="Automatic scores, for comparison: base vs tuned")
-        typer.echo(f"Imported {summary['count']} rated samples into {model.path / 'metrics.json'}")
+
+        output(summary, as_json, render)
 
 
 def print_quality_table(metrics: dict, title: str) -> None:
@@ -75,7 +78,7 @@ def print_quality_table(metrics: dict, title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from launcher.report import QUALITY_NOTE, fmt, fmt_change, quality_rows, unmeasured
+    from launcher.report import QUALITY_NOTE, eval_loss_row, fmt, fmt_change, quality_rows, unmeasured
 
     table = Table(title=title, title_justify="left")
     for column in ("metric", "base", "tuned", "change"):
@@ -83,10 +86,10 @@ def print_quality_table(metrics: dict, title: str) -> None:
     for key, base, tuned, gain in quality_rows(metrics):
         style = "green" if gain and gain > 0 else "red" if gain and gain < 0 else None
         table.add_row(key, fmt(base), fmt(tuned), fmt_change(gain, base), style=style)
-    evals = metrics.get("eval") or {}
-    if evals.get("loss_base") is not None:
-        change = (evals["loss_tuned"] - evals["loss_base"]) / evals["loss_base"] * 100 if evals["loss_base"] else None
-        table.add_row("eval loss", fmt(evals["loss_base"], 4), fmt(evals.get("loss_tuned"), 4), fmt_change(change))
+    loss = eval_loss_row(metrics)
+    if loss:
+        base, tuned, change = loss
+        table.add_row("eval loss", fmt(base, 4), fmt(tuned, 4), fmt_change(change, base))
     forgetting = metrics.get("forgetting")
     if forgetting:
         table.add_row(
