@@ -2,7 +2,7 @@
 
     python benchmarks/memory.py --out memory.json        # Llama-3-8B shape, one H200
 
-The memory model (launcher/plan.py) was checked against plain transformers + peft. This runs the
+The memory model (launcher/memory.py) was checked against plain transformers + peft. This runs the
 entrypoint's own recipe (``entrypoints.train.Recipe`` on the standard path, random weights, full
 2,048-token rows) for two optimizer steps per configuration, with and without gradient checkpointing, and compares
 ``torch.cuda.max_memory_allocated`` with the model's allocated figure (weights + LoRA state +
@@ -26,10 +26,10 @@ import torch  # noqa: E402
 from train_throughput import CUDA, LLAMA3_8B, SMALL, BenchRecipe, free  # noqa: E402
 
 from entrypoints import sequences  # noqa: E402
-from launcher import plan  # noqa: E402
+from launcher import memory  # noqa: E402
 from launcher.spec import TrainConfig  # noqa: E402
 
-CONFIGS = [  # (micro_batch_size, lora_dropout, gradient checkpointing, max_seq_len): tests/test_plan.py's H200_PEAKS
+CONFIGS = [  # (micro_batch_size, lora_dropout, gradient checkpointing, max_seq_len): tests/test_memory.py's H200_PEAKS
     (8, 0.0, True, 2048),
     (2, 0.0, True, 2048),
     (4, 0.05, True, 2048),
@@ -88,14 +88,14 @@ def main() -> None:
     import tempfile
 
     shape = LLAMA3_8B if args.shape == "llama3-8b" else SMALL
-    model = plan.ModelShape.from_config(dict(shape, model_type="llama"), name=args.shape, source="config")
+    model = memory.ModelShape.from_config(dict(shape, model_type="llama"), name=args.shape, source="config")
     report = {"date": time.strftime("%Y-%m-%d"), "gpu": torch.cuda.get_device_name(0) if CUDA else "cpu",
               "command": " ".join(sys.argv), "runs": []}
     for micro_batch, dropout, checkpointing, seq in CONFIGS:
         with tempfile.TemporaryDirectory() as tmp:
             result = measure(shape, micro_batch, dropout, checkpointing, seq, Path(tmp))
-        memory = plan.estimate_memory(model, TrainConfig(micro_batch_size=micro_batch, max_seq_len=seq, lora_dropout=dropout))
-        predicted = memory.weights + memory.lora_state + memory.activations(checkpointing) + memory.logits
+        estimate = memory.estimate_memory(model, TrainConfig(micro_batch_size=micro_batch, max_seq_len=seq, lora_dropout=dropout))
+        predicted = estimate.weights + estimate.lora_state + estimate.activations(checkpointing) + estimate.logits
         result["predicted_allocated_gib"] = predicted / 2**30
         result["error_pct"] = 100 * (predicted / 2**30 - result["peak_allocated_gib"]) / result["peak_allocated_gib"] if CUDA else None
         report["runs"].append(result)

@@ -37,11 +37,15 @@ What it does, and why each piece is here:
   scale per tensor, and a loud token cannot crush the others' precision). Measured on an H200: +23%
   (21,531 tokens/s against 17,552) with a 0.04% eval-loss gap on the benchmark's synthetic task. Off by default: it
   changes the base's arithmetic, which a synthetic task cannot vouch for on a real checkpoint.
-* **Token budget from memory.** A probe step measures the bytes each token costs (activations scale
-  with tokens under a block-sparse mask); the budget is the largest multiple of 128 tokens that fits
-  the memory target. Gradient checkpointing is switched on only when not even one ``max_seq_len``
-  example fits without it; QLoRA (and ``max_memory_gib``) fit a budget and a number of checkpointed
-  layers within a memory target (``fit_layers``).
+* **Token budget from memory** (``size_micro_batches``, which the recipe calls once the model is
+  built). A probe step (``probe_memory``) measures the bytes each token costs (activations scale with
+  tokens under a block-sparse mask); the budget is the largest multiple of 128 tokens that fits the
+  GPU. Gradient checkpointing "auto" is switched on only when not even one ``max_seq_len`` example
+  fits without it; QLoRA (and ``max_memory_gib``) fit a budget and a number of checkpointed layers
+  within a memory target (``memory_target``, ``fit_layers``), measured by three probes, toggling
+  checkpointing per decoder layer (``checkpoint_layers``). The recipe keeps what is its own state:
+  an explicit ``micro_batch_tokens``, the budget and layer count a resumed checkpoint remembers, and
+  the CPU's fixed budget.
 """
 
 from __future__ import annotations
@@ -50,10 +54,21 @@ import functools
 import inspect
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
+from launcher import memory
+from launcher.errors import SpecError
+
+if TYPE_CHECKING:
+    from launcher.spec import TrainConfig
+
 BLOCK = 128  # FlexAttention's block size: budgets are multiples of it
+# Micro-batch tokens at most: past ~16-32k the matmuls gain nothing; QLoRA keeps the smaller cap (it is
+# chosen for memory).
+BUDGET_CAP = {"lora": 32768, "qlora": 16384}
 
 
 def round_up(tokens: int) -> int:
@@ -490,3 +505,134 @@ def choose_budget(
     budget = int(available_bytes // per_token) // BLOCK * BLOCK
     floor = round_up(max_seq_len)
     return max(floor, min(cap, budget)), per_token
+
+
+# --- micro-batch sizing from measured memory ----------------------------------------------------------
+def decoder_layers(model) -> list:
+    """The decoder layers, each of which can be checkpointed on its own."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+
+
+def checkpointed_layers(model) -> int:
+    return sum(bool(layer.gradient_checkpointing) for layer in decoder_layers(model))
+
+
+def checkpoint_layers(model, count: int) -> None:
+    """Gradient checkpointing on the last ``count`` decoder layers of a peft model, off on the others."""
+    from entrypoints import models
+
+    layers = decoder_layers(model)
+    if count and not all(hasattr(layer, "_gradient_checkpointing_func") for layer in layers):
+        models.enable_checkpointing(model.get_base_model())
+    for index, layer in enumerate(layers):
+        layer.gradient_checkpointing = index >= len(layers) - count
+
+
+def probe_memory(model, forward: Callable, tokens: int, max_seq_len: int) -> int:
+    """Peak bytes one forward+backward over ``tokens`` tokens (examples of ``max_seq_len``) adds, through
+    the recipe's ``forward(model, batch) -> (loss sum, targets)``; RNG streams left untouched."""
+    cpu_rng, cuda_rng = torch.random.get_rng_state(), torch.cuda.get_rng_state_all()
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (1, tokens), generator=generator)
+    positions = torch.arange(tokens) % max_seq_len
+    batch = {"input_ids": ids, "targets": torch.roll(ids, -1, 1), "position_ids": positions[None],
+             "doc_ids": (torch.arange(tokens) // max_seq_len)[None]}
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    loss_sum, _ = forward(model, batch)
+    loss_sum.backward()
+    torch.cuda.synchronize()
+    used = torch.cuda.max_memory_allocated() - before
+    del loss_sum
+    model.zero_grad(set_to_none=True)
+    torch.cuda.empty_cache()
+    torch.random.set_rng_state(cpu_rng)
+    torch.cuda.set_rng_state_all(cuda_rng)
+    return used
+
+
+def memory_target(model, config: TrainConfig, log: Callable[[str], None]) -> float | None:
+    """Peak bytes within which the budget and the checkpointed layers are fitted: ``max_memory_gib``,
+    or QLoRA's default, ``launcher.memory.qlora_memory_target`` of the loaded model's shape. None: LoRA
+    without a limit, or a shape the memory model does not understand (every layer stays checkpointed)."""
+    if config.max_memory_gib is not None:
+        return config.max_memory_gib * 2**30
+    if config.method != "qlora":
+        return None
+    try:
+        shape = memory.ModelShape.from_config(model.get_base_model().config.to_dict(), name=config.base_model, source="config")
+    except SpecError as exc:
+        log(f"QLoRA: no memory target from the model's shape ({exc}); every layer checkpointed")
+        return None
+    target = memory.qlora_memory_target(shape, config)
+    if target is not None:
+        log(f"QLoRA memory target {target / 2**30:.1f} GiB: what {config.micro_batch_size} padded rows of "
+            f"{config.max_seq_len} tokens take on the standard path (set max_memory_gib to change it)")
+    return target
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """What ``size_micro_batches`` decided (the model's layers are left checkpointed accordingly)."""
+
+    micro_batch_tokens: int
+    bytes_per_token: int  # measured, with the layers checkpointed as decided
+    checkpointed_layers: int
+
+
+def size_micro_batches(model, probe: Callable[[int], int], config: TrainConfig, *, log: Callable[[str], None],
+                       total_memory: int | None = None, allocated: Callable[[], int] | None = None) -> Sizing:
+    """The fast path's micro-batch budget on a GPU. Within a ``memory_target``, as many decoder layers
+    kept out of checkpointing as fit (``fit_layers``); otherwise the largest budget the GPU holds, with
+    every layer checkpointed only when checkpointing is "auto" and one ``max_seq_len`` example does not
+    fit without it. ``probe(tokens)``: the peak bytes a step over ``tokens`` tokens adds
+    (``probe_memory``); ``total_memory`` and ``allocated()`` are the GPU's unless given."""
+    total = torch.cuda.get_device_properties(0).total_memory if total_memory is None else total_memory
+    allocated = allocated or torch.cuda.memory_allocated
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    # No micro-batch need hold more than one optimizer step.
+    cap = min(BUDGET_CAP[config.method], round_up(config.micro_batch_size * config.gradient_accumulation_steps * config.max_seq_len))
+    target = memory_target(model, config, log)
+    if target is not None:
+        return _fit_within(model, probe, config, min(0.95 * total, target), trainable=trainable, cap=cap,
+                           allocated=allocated(), log=log)
+    reserve = 2 * 2**30 + 0.05 * total + 8 * trainable  # CUDA context, fragmentation, AdamW states
+    probe_tokens = round_up(max(2048, 2 * config.max_seq_len))
+    for attempt in range(2):
+        available = 0.95 * total - reserve - allocated()
+        budget, per_token = choose_budget(probe, probe_tokens=probe_tokens, max_seq_len=config.max_seq_len,
+                                          available_bytes=available, cap=cap)
+        fits = budget * per_token <= available
+        if fits or attempt or checkpointed_layers(model) or config.gradient_checkpointing == "off":
+            break
+        log("one max_seq_len example does not fit without gradient checkpointing: turning it on")
+        checkpoint_layers(model, len(decoder_layers(model)))
+    log(f"micro-batch budget: {budget} tokens ({per_token / 2**10:.0f} KiB per token measured)")
+    return Sizing(budget, per_token, checkpointed_layers(model))
+
+
+def _fit_within(model, probe: Callable[[int], int], config: TrainConfig, target: float, *, trainable: int, cap: int,
+                allocated: int, log: Callable[[str], None]) -> Sizing:
+    """Micro-batch tokens and per-layer checkpointing within ``target`` bytes of peak, measured by three
+    probe steps: with every layer checkpointed, then with the first one and two layers kept."""
+    available = 0.95 * target - allocated - 8 * trainable  # 5% margin; AdamW states
+    layers = len(decoder_layers(model))
+    probe_tokens = round_up(max(2048, config.max_seq_len))
+    peaks = []  # with 0, 1 and 2 layers kept (the first layers)
+    for kept in range(min(3, layers + 1)):
+        checkpoint_layers(model, layers - kept)
+        peaks.append(probe(probe_tokens))
+    # A kept layer's cost is measured on the second layer: the first one's input needs no gradient,
+    # so it keeps less than the others.
+    per_layer = max(1, math.ceil((peaks[-1] - peaks[-2]) / probe_tokens))
+    per_token = math.ceil(peaks[0] / probe_tokens)
+    budget, kept = fit_layers(per_token, per_layer, layers, available, max_seq_len=config.max_seq_len, cap=cap)
+    checkpoint_layers(model, layers - kept)
+    log(f"memory target {target / 2**30:.1f} GiB: {budget} tokens a micro-batch, {layers - kept} of {layers} layers "
+        f"checkpointed ({per_token / 2**10:.0f} KiB per token checkpointed, {per_layer / 2**10:.0f} KiB more per layer kept, "
+        f"{(peaks[1] - peaks[0]) / probe_tokens / 2**10:.0f} KiB for the first)")
+    return Sizing(budget, per_token + kept * per_layer, layers - kept)

@@ -38,13 +38,9 @@ from typing import Any
 
 from entrypoints import checkpoint, evaluate, models, platform, sequences
 from launcher import data as datasets_io
+from launcher import memory
 from launcher.errors import DataError, LauncherError, MissingExtraError, SpecError, UserInputError
 from launcher.spec import INTERRUPTED_EXIT_CODE, TrainConfig
-
-
-# Micro-batch tokens at most: past ~16-32k the matmuls gain nothing; QLoRA keeps the smaller cap (it is
-# chosen for memory).
-BUDGET_CAP = {"lora": 32768, "qlora": 16384}
 
 
 class Interrupted(Exception):
@@ -120,14 +116,10 @@ class Recipe:
         if precision == "auto":
             precision = "bf16" if self.device == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
         self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        cfg = self.config
-        self.fast = cfg.fast_path == "on" or (cfg.fast_path == "auto" and self.device == "cuda")
-        # "auto": the CPU path never checkpoints; on the fast path LoRA checkpoints only if one example
-        # does not fit without it, QLoRA as few layers as fit in the standard path's memory (decided in
-        # _setup_batches; it starts with every layer checkpointed).
-        self.gradient_checkpointing = cfg.gradient_checkpointing == "on" or (
-            cfg.gradient_checkpointing == "auto" and self.fast and cfg.method == "qlora"
-        )
+        # The rules launcher plan plans with (launcher.memory): on the fast path "auto" checkpointing is
+        # then settled from measured memory in _setup_batches.
+        policy = memory.runtime_policy(self.config, self.device)
+        self.fast, self.gradient_checkpointing = policy.fast, policy.gradient_checkpointing
         self.use_liger = False
         # Seed before anything draws random numbers (the data split, LoRA initialisation, dropout).
         random.seed(self.config.seed)
@@ -326,9 +318,7 @@ class Recipe:
 
     def _micro_batch_tokens(self) -> int:
         """Explicit, remembered from the checkpoint being resumed (so a resumed run packs identically),
-        or the largest budget the GPU's memory holds (measured by a probe step)."""
-        import torch
-
+        or the largest budget the GPU's memory holds (``fast.size_micro_batches``: measured by probe steps)."""
         from entrypoints import fast
 
         cfg = self.config
@@ -345,119 +335,29 @@ class Recipe:
             if cfg.max_memory_gib is not None:
                 log("max_memory_gib applies to GPUs; ignored on the CPU")
             return fast.round_up(4 * cfg.max_seq_len)
-        total = torch.cuda.get_device_properties(0).total_memory
-        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        # No micro-batch need hold more than one optimizer step.
-        self.budget_cap = min(BUDGET_CAP[cfg.method], fast.round_up(self.config.micro_batch_size * cfg.gradient_accumulation_steps * cfg.max_seq_len))
-        if cfg.max_memory_gib is not None:
-            return self._fit_memory_target(min(0.95 * total, cfg.max_memory_gib * 2**30), trainable)
-        standard = self._qlora_memory_target()
-        if standard is not None:
-            return self._fit_memory_target(min(0.95 * total, standard), trainable)
-        reserve = 2 * 2**30 + 0.05 * total + 8 * trainable  # CUDA context, fragmentation, AdamW states
-        probe_tokens = fast.round_up(max(2048, 2 * cfg.max_seq_len))
-        for attempt in range(2):
-            available = 0.95 * total - reserve - torch.cuda.memory_allocated()
-            budget, self.bytes_per_token = fast.choose_budget(
-                self._probe, probe_tokens=probe_tokens, max_seq_len=cfg.max_seq_len, available_bytes=available,
-                cap=self.budget_cap,
-            )
-            fits = budget * self.bytes_per_token <= available
-            if fits or self.gradient_checkpointing or cfg.gradient_checkpointing == "off" or attempt:
-                break
-            log("one max_seq_len example does not fit without gradient checkpointing: turning it on")
-            self.checkpoint_layers(len(self.decoder_layers()))
-        log(f"micro-batch budget: {budget} tokens ({self.bytes_per_token / 2**10:.0f} KiB per token measured)")
-        return budget
-
-    def _qlora_memory_target(self) -> int | None:
-        """``launcher.plan.qlora_memory_target`` for this model (None: not QLoRA under auto, or a shape
-        the memory model does not understand, which then checkpoints every layer)."""
-        from launcher import plan
-
-        if self.config.method != "qlora":
-            return None
-        try:
-            shape = plan.ModelShape.from_config(self.model.get_base_model().config.to_dict(), name=self.config.base_model, source="config")
-        except SpecError as exc:
-            log(f"QLoRA: no memory target from the model's shape ({exc}); every layer checkpointed")
-            return None
-        target = plan.qlora_memory_target(shape, self.config)
-        if target is not None:
-            log(f"QLoRA memory target {target / 2**30:.1f} GiB: what {self.config.micro_batch_size} padded rows of "
-                f"{self.config.max_seq_len} tokens take on the standard path (set max_memory_gib to change it)")
-        return target
-
-    def _fit_memory_target(self, target: float, trainable: int) -> int:
-        """Micro-batch tokens and per-layer checkpointing within ``target`` bytes of peak: as many decoder
-        layers as fit keep their activations (no recompute), measured by three probe steps."""
-        import torch
-
-        from entrypoints import fast
-
-        cfg = self.config
-        available = 0.95 * target - torch.cuda.memory_allocated() - 8 * trainable  # 5% margin; AdamW states
-        layers = len(self.decoder_layers())
-        probe_tokens = fast.round_up(max(2048, cfg.max_seq_len))
-        peaks = []  # with 0, 1 and 2 layers kept (the first layers)
-        for kept in range(min(3, layers + 1)):
-            self.checkpoint_layers(layers - kept)
-            peaks.append(self._probe(probe_tokens))
-        # A kept layer's cost is measured on the second layer: the first one's input needs no gradient,
-        # so it keeps less than the others.
-        per_layer = max(1, math.ceil((peaks[-1] - peaks[-2]) / probe_tokens))
-        per_token = math.ceil(peaks[0] / probe_tokens)
-        budget, kept = fast.fit_layers(per_token, per_layer, layers, available, max_seq_len=cfg.max_seq_len,
-                                       cap=self.budget_cap)
-        self.checkpoint_layers(layers - kept)
-        self.bytes_per_token = per_token + kept * per_layer
-        log(f"memory target {target / 2**30:.1f} GiB: {budget} tokens a micro-batch, {layers - kept} of {layers} layers "
-            f"checkpointed ({per_token / 2**10:.0f} KiB per token checkpointed, {per_layer / 2**10:.0f} KiB more per layer kept, "
-            f"{(peaks[1] - peaks[0]) / probe_tokens / 2**10:.0f} KiB for the first)")
-        return budget
+        sizing = fast.size_micro_batches(
+            self.model, lambda tokens: fast.probe_memory(self.model, self.forward, tokens, cfg.max_seq_len), cfg, log=log
+        )
+        self.bytes_per_token = sizing.bytes_per_token
+        self.gradient_checkpointing = sizing.checkpointed_layers > 0
+        return sizing.micro_batch_tokens
 
     def decoder_layers(self) -> list:
-        from transformers.modeling_layers import GradientCheckpointingLayer
+        from entrypoints import fast
 
-        return [m for m in self.model.modules() if isinstance(m, GradientCheckpointingLayer)]
+        return fast.decoder_layers(self.model)
 
     def checkpointed_layers(self) -> int:
-        return sum(bool(layer.gradient_checkpointing) for layer in self.decoder_layers())
+        from entrypoints import fast
+
+        return fast.checkpointed_layers(self.model)
 
     def checkpoint_layers(self, count: int) -> None:
         """Gradient checkpointing on the last ``count`` decoder layers, off on the others."""
-        layers = self.decoder_layers()
-        if count and not all(hasattr(layer, "_gradient_checkpointing_func") for layer in layers):
-            models.enable_checkpointing(self.model.get_base_model())
-        for index, layer in enumerate(layers):
-            layer.gradient_checkpointing = index >= len(layers) - count
+        from entrypoints import fast
+
+        fast.checkpoint_layers(self.model, count)
         self.gradient_checkpointing = count > 0
-
-    def _probe(self, tokens: int) -> int:
-        """Peak bytes one forward+backward over ``tokens`` tokens adds (RNG streams left untouched)."""
-        import torch
-
-        cfg = self.config
-        cpu_rng, cuda_rng = torch.random.get_rng_state(), torch.cuda.get_rng_state_all()
-        generator = torch.Generator().manual_seed(0)
-        ids = torch.randint(0, self.model.config.vocab_size, (1, tokens), generator=generator)
-        positions = torch.arange(tokens) % cfg.max_seq_len
-        batch = {"input_ids": ids, "targets": torch.roll(ids, -1, 1), "position_ids": positions[None],
-                 "doc_ids": (torch.arange(tokens) // cfg.max_seq_len)[None]}
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        loss_sum, _ = self.forward(self.model, batch)
-        loss_sum.backward()
-        torch.cuda.synchronize()
-        used = torch.cuda.max_memory_allocated() - before
-        del loss_sum
-        self.model.zero_grad(set_to_none=True)
-        torch.cuda.empty_cache()
-        torch.random.set_rng_state(cpu_rng)
-        torch.cuda.set_rng_state_all(cuda_rng)
-        return used
 
     def _setup_optimizer(self) -> None:
         import torch

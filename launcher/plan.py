@@ -3,49 +3,13 @@
 Everything here is arithmetic over data files in ``launcher/catalog/``: ``models.json`` (architecture
 numbers), ``gpus.json`` (memory, bf16 peak), ``prices.json`` (the one dated price table) and
 ``throughput.json`` (measured tokens/s). Calibrating or re-pricing is a data edit. No torch here; the
-tokenizer is imported only when the dataset's tokens are counted.
+tokenizer is imported only when the dataset's tokens are counted, through the training entrypoint's
+own loading and tokenisation (``launcher.tokens``, as ``launcher validate`` counts).
 
-Memory model (bytes on ONE GPU; data-parallel training replicates the job on every GPU)
------------------------------------------------------------------------------------------
-With h = hidden size, q/kv = query/key-value widths (heads x head_dim), i = intermediate size,
-V = vocabulary, L = layers, r = LoRA rank, T = tokens in a micro-batch (micro_batch_size x
-max_seq_len: packed rows are full, padded rows are at most that long) and a = 2 bytes (bf16):
-
-* Frozen base weights. LoRA: every parameter in bf16, 2 bytes. QLoRA: the linear layers of the
-  transformer blocks in NF4 (Dettmers et al. 2023, "QLoRA", sec. 3; bitsandbytes ``Linear4bit``):
-  4 bits per weight, one absmax per block of 64 weights, itself quantised to 8 bits with one fp32
-  constant per 256 blocks (double quantisation): 0.5 + 1/64 + 4/(64*256) bytes per weight.
-  Embeddings, lm_head, norms and biases stay bf16. (peft's ``prepare_model_for_kbit_training``
-  upcasts those to fp32, which also makes the activations fp32; the plan assumes they stay bf16.)
-* LoRA adapters: r x (in + out) parameters per adapted matrix (Hu et al. 2021), over the target
-  modules (every linear layer of the blocks for ``all-linear``, as peft does; not lm_head), plus
-  one magnitude per output feature with DoRA. peft keeps them in fp32: weight 4 + gradient 4 +
-  AdamW's two moments 8 = 16 bytes per parameter (the mixed-precision accounting of Rajbhandari et
-  al. 2020, "ZeRO", sec. 3.1, without a bf16 copy).
-* Activations (what autograd keeps for the backward pass), per token and layer. The derivation of
-  Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models",
-  sec. 4.1: 34h + 5as/h bytes for GPT), redone for Llama-style blocks under LoRA; memory-efficient
-  SDPA/FlashAttention keeps no s^2 score matrix, so there is no sequence-squared term:
-    - each RMSNorm keeps its fp32 input (transformers computes norms in fp32): 4h per norm;
-    - attention keeps q, k, v and its output: a x (2q + 2kv);
-    - the SwiGLU MLP keeps gate, SiLU(gate) and up: 3 x a x i;
-    - frozen base linear layers keep nothing (their weights need no gradient);
-    - each LoRA layer keeps its input cast to fp32 for lora_A (4 bytes x in_features) and lora_A's
-      r-wide fp32 output (4r); lora_dropout > 0 adds a 1-byte mask per input element.
-  Without gradient checkpointing all L layers are kept. With it (Chen et al. 2016) only each
-  layer's bf16 input (a x h) is kept, and one layer is recomputed at a time during the backward.
-* Logits and loss: transformers' ``ForCausalLMLoss`` upcasts the bf16 logits to fp32 before the
-  cross-entropy, so at the loss's backward the bf16 logits (2), the fp32 copy (4), the saved
-  log-softmax (4) and its gradient (4) coexist: T x V x 14 bytes, plus the final norm's fp32 input
-  (4h per token). With gradient checkpointing this is the peak; the recomputed layer (its
-  activations and their gradients, about twice one layer) is counted when it is larger.
-* CUDA context and cuBLAS workspaces: 1 GiB; the caching allocator's fragmentation: 12.5% of the
-  activation and logits terms (peak reserved over peak allocated on the H200 runs below).
-
-Checked against plain transformers 5.17 + peft 0.21 + torch 2.11 on one H200 (random weights,
-2,048-token rows, SDPA; peak ``torch.cuda.max_memory_allocated``): the allocated figure is
-reproduced within 1% for Llama-3-8B (checkpointing with micro-batch 2 and 8, none with micro-batch
-1 and 2, lora_dropout 0 and 0.05) and Qwen2.5-1.5B; tests/test_plan.py holds those figures.
+The memory model and the fast-path and checkpointing decisions are ``launcher.memory``'s, shared with
+the training entrypoint; this module finds the model's shape (``find_model``: the catalog, a local
+``config.json``, a ``.gguf`` header, the Hugging Face cache) and plans the job as the entrypoint runs
+it on a GPU (``memory.runtime_policy(config, "cuda")``).
 
 Time and cost
 -------------
@@ -71,112 +35,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from launcher import catalog
-from launcher.errors import LauncherError, MissingExtraError, NotFoundError, SpecError, did_you_mean, reason
+from launcher.errors import MissingExtraError, NotFoundError, SpecError, did_you_mean, reason
+from launcher.memory import (
+    CUDA_CONTEXT_BYTES,
+    GIB,
+    MemoryEstimate,
+    ModelShape,
+    Policy,
+    choose_checkpointing,
+    estimate_memory,
+    qlora_memory_target,
+    runtime_policy,
+)
 
 if TYPE_CHECKING:
-    from launcher.data import Example
     from launcher.spec import JobSpec, TrainConfig
-
-GIB = 1 << 30
-
-# --- constants of the memory model (see the module docstring) ---------------------------------------
-LORA_BYTES_PER_PARAM = 16  # fp32 weight + fp32 gradient + AdamW's two fp32 moments
-NF4_BLOCK = 64  # weights per absmax block
-NF4_SECOND_BLOCK = 256  # first-level absmax values per fp32 second-level constant
-LOGIT_BYTES = {2: 14, 4: 12}  # per logit element, by compute dtype size: bf16 + fp32 copy + log-softmax + gradient
-CUDA_CONTEXT_BYTES = 1 * GIB
-ALLOCATOR_MARGIN = 0.125
-
-KNOWN_FAMILIES = {"phi3": "phi3"}  # config.json model_type -> family; everything else is 'llama'-style
 
 
 # --- model shapes -----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ModelShape:
-    """The architecture numbers the memory and FLOP model needs."""
-
-    name: str
-    family: str  # 'llama' (q/k/v/o, gate/up/down) or 'phi3' (qkv_proj, gate_up_proj)
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    intermediate: int
-    vocab: int
-    tied: bool
-    max_positions: int
-    qkv_bias: bool = False
-    norms_per_layer: int = 2
-    source: str = "catalog"
-
-    @property
-    def q_dim(self) -> int:
-        return self.heads * self.head_dim
-
-    @property
-    def kv_dim(self) -> int:
-        return self.kv_heads * self.head_dim
-
-    def linear_modules(self) -> dict[str, tuple[int, int]]:
-        """The linear layers of one block: name -> (in_features, out_features)."""
-        h, q, kv, i = self.hidden, self.q_dim, self.kv_dim, self.intermediate
-        if self.family == "phi3":
-            return {"qkv_proj": (h, q + 2 * kv), "o_proj": (q, h), "gate_up_proj": (h, 2 * i), "down_proj": (i, h)}
-        return {
-            "q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
-            "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h),
-        }  # fmt: skip
-
-    @property
-    def linear_params(self) -> int:
-        """Weights of every linear layer in the blocks (what QLoRA quantises)."""
-        return self.layers * sum(a * b for a, b in self.linear_modules().values())
-
-    @property
-    def params(self) -> int:
-        per_layer_other = self.norms_per_layer * self.hidden + (self.q_dim + 2 * self.kv_dim if self.qkv_bias else 0)
-        embeddings = self.vocab * self.hidden * (1 if self.tied else 2)
-        return self.linear_params + self.layers * per_layer_other + embeddings + self.hidden  # + final norm
-
-    @property
-    def matmul_params(self) -> int:
-        """Parameters used in a matmul per token: the block linears and lm_head (tied or not)."""
-        return self.linear_params + self.vocab * self.hidden
-
-    def summary(self) -> dict[str, Any]:
-        return {**asdict(self), "params": self.params}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any], name: str, source: str) -> ModelShape:
-        """Read a Hugging Face ``config.json`` (decoder-only transformers)."""
-        config = config.get("text_config") or config
-        model_type = str(config.get("model_type", ""))
-        missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size") if k not in config]
-        if missing:
-            raise SpecError(
-                f"{source}: no '{missing[0]}' in config.json (model_type '{model_type}'). launcher plan understands "
-                "decoder-only configs (Llama, Mistral, Qwen2, Gemma-2, Phi-3). To fix: point base_model at such a model's folder"
-            )
-        heads = int(config["num_attention_heads"])
-        return cls(
-            name=name,
-            family=KNOWN_FAMILIES.get(model_type, "llama"),
-            hidden=int(config["hidden_size"]),
-            layers=int(config["num_hidden_layers"]),
-            heads=heads,
-            kv_heads=int(config.get("num_key_value_heads") or heads),
-            head_dim=int(config.get("head_dim") or config["hidden_size"] // heads),
-            intermediate=int(config["intermediate_size"]),
-            vocab=int(config["vocab_size"]),
-            tied=bool(config.get("tie_word_embeddings", False)),
-            max_positions=int(config.get("max_position_embeddings") or 0),
-            qkv_bias=bool(config.get("attention_bias", model_type == "qwen2")),
-            norms_per_layer=4 if model_type.startswith("gemma2") or model_type.startswith("gemma3") else 2,
-            source=source,
-        )
-
-
 def _catalog_models() -> dict[str, dict[str, Any]]:
     return catalog.load("models")["models"]
 
@@ -277,125 +153,6 @@ def resolve_model(base_model: str) -> ModelShape:
     return shape
 
 
-def lora_modules(shape: ModelShape, target_modules: list[str] | str) -> dict[str, tuple[int, int]]:
-    """The adapted linear layers of one block, checked against the model's own layer names."""
-    modules = shape.linear_modules()
-    if target_modules == "all-linear":
-        return modules
-    unknown = [m for m in target_modules if m not in modules]
-    if unknown:
-        raise SpecError(
-            f"training.target_modules: '{unknown[0]}' is not a linear layer of {shape.name}.{did_you_mean(unknown[0], modules)} "
-            f"Its linear layers: {', '.join(modules)}. To fix: list some of those, or use 'all-linear'"
-        )
-    return {m: modules[m] for m in target_modules}
-
-
-# --- memory -------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class MemoryEstimate:
-    """Bytes on one GPU, term by term (see the module docstring for each formula)."""
-
-    weights: int
-    weights_detail: str
-    lora_params: int
-    lora_state: int
-    activations_full: int  # without gradient checkpointing
-    activations_checkpointed: int  # with it: layer inputs + one recomputed layer (when larger than the logits)
-    logits: int
-    micro_batch_tokens: int
-
-    def activations(self, checkpointing: bool) -> int:
-        return self.activations_checkpointed if checkpointing else self.activations_full
-
-    def margin(self, checkpointing: bool) -> int:
-        return CUDA_CONTEXT_BYTES + int(ALLOCATOR_MARGIN * (self.activations(checkpointing) + self.logits))
-
-    def tensors(self, checkpointing: bool) -> int:
-        """What the step's tensors take at their peak (``torch.cuda.max_memory_allocated``): no margin."""
-        return self.weights + self.lora_state + self.activations(checkpointing) + self.logits
-
-    def total(self, checkpointing: bool) -> int:
-        return self.tensors(checkpointing) + self.margin(checkpointing)
-
-    def rows(self) -> list[tuple[str, int, str]]:
-        """(term, bytes, note) for a table; the totals come last."""
-        return [
-            ("base weights", self.weights, self.weights_detail),
-            ("LoRA adapters", self.lora_state, f"{self.lora_params:,} params x 16 B (fp32 weight, grad, AdamW m and v)"),
-            ("activations, checkpointing on", self.activations_checkpointed, f"{self.micro_batch_tokens:,} tokens/micro-batch: layer inputs + one layer"),
-            ("activations, checkpointing off", self.activations_full, "every layer kept; no seq^2 term (memory-efficient attention)"),
-            ("logits and loss", self.logits, "tokens x vocab x 14 B (bf16 logits, fp32 copy, log-softmax, grad)"),
-            ("CUDA context + allocator", self.margin(True), "1 GiB + 12.5% of activations and logits (checkpointing on)"),
-            ("total, checkpointing on", self.total(True), ""),
-            ("total, checkpointing off", self.total(False), ""),
-        ]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            **asdict(self),
-            "margin_checkpointing": self.margin(True),
-            "margin_no_checkpointing": self.margin(False),
-            "total_checkpointing": self.total(True),
-            "total_no_checkpointing": self.total(False),
-        }
-
-
-def nf4_bytes(numel: int) -> int:
-    """Bytes of one NF4 tensor with double-quantised absmax (bitsandbytes, blocksize 64)."""
-    blocks = math.ceil(numel / NF4_BLOCK)
-    return math.ceil(numel / 2) + blocks + 4 * math.ceil(blocks / NF4_SECOND_BLOCK)
-
-
-def lora_param_count(shape: ModelShape, config: TrainConfig) -> int:
-    modules = lora_modules(shape, config.target_modules)
-    per_layer = sum(config.lora_r * (fan_in + fan_out) + (fan_out if config.use_dora else 0) for fan_in, fan_out in modules.values())
-    return shape.layers * per_layer
-
-
-def estimate_memory(shape: ModelShape, config: TrainConfig) -> MemoryEstimate:
-    """GPU memory for one training step of ``config`` (a TrainConfig: method and hyperparameters)."""
-    a = 4 if config.precision == "fp32" else 2
-    h, L = shape.hidden, shape.layers
-    non_linear = shape.params - shape.linear_params
-    if config.method == "qlora":
-        quantised = shape.layers * sum(nf4_bytes(fi * fo) for fi, fo in shape.linear_modules().values())
-        weights = quantised + non_linear * a
-        detail = f"{shape.linear_params:,} params in NF4 + {non_linear:,} (embeddings, norms) in {'fp32' if a == 4 else 'bf16'}"
-    else:
-        weights = shape.params * a
-        detail = f"{shape.params:,} params x {a} B ({'fp32' if a == 4 else 'bf16'})"
-        if config.fp8 == "on":  # the fast path keeps two float8 copies of each frozen linear weight
-            weights += 2 * shape.linear_params
-            detail += f" + {shape.linear_params:,} x 2 B (float8 copies for fp8: on)"
-    lora_params = lora_param_count(shape, config)
-    modules = lora_modules(shape, config.target_modules)
-    fan_in = sum(fi for fi, _ in modules.values())
-    tokens = config.micro_batch_size * config.max_seq_len
-    per_token_layer = (
-        4 * h * shape.norms_per_layer  # RMSNorm inputs, fp32
-        + a * (2 * shape.q_dim + 2 * shape.kv_dim)  # q, k, v, attention output
-        + 3 * a * shape.intermediate  # gate, SiLU(gate), up
-        + 4 * fan_in  # LoRA inputs cast to fp32
-        + 4 * config.lora_r * len(modules)  # lora_A outputs, fp32
-        + (fan_in if config.lora_dropout > 0 else 0)  # dropout masks
-    )
-    layer = tokens * per_token_layer
-    logits = tokens * (shape.vocab * LOGIT_BYTES[a] + 4 * h)
-    checkpoints = tokens * L * a * h
-    return MemoryEstimate(
-        weights=weights,
-        weights_detail=detail,
-        lora_params=lora_params,
-        lora_state=lora_params * LORA_BYTES_PER_PARAM,
-        activations_full=L * layer,
-        # The logits peak first; a recomputed layer (activations and their gradients) only counts when larger.
-        activations_checkpointed=checkpoints + max(0, 2 * layer - logits),
-        logits=logits,
-        micro_batch_tokens=tokens,
-    )
-
-
 # --- GPUs, prices, throughput --------------------------------------------------------------------------
 def gpu_info(kind: str) -> dict[str, Any]:
     return catalog.load("gpus")["kinds"][kind]
@@ -476,61 +233,31 @@ class DatasetTokens:
 
 
 def count_dataset_tokens(spec: JobSpec) -> DatasetTokens:
-    """Count the training set's tokens with the model's tokenizer and chat template when it is here,
-    else estimate them as characters / 4 (+4 per message). Remote data (s3://, gs://) is not read."""
+    """Count the training set's tokens as training tokenises them (``launcher.tokens``, which
+    ``launcher validate`` counts with too) when the model's tokenizer is here, else estimate them as
+    characters / 4 (+4 per message). Remote data (s3://, gs://) is not read, nor is anything downloaded."""
     from launcher.data import load_examples
+    from launcher.tokens import token_counter
 
     uri = spec.data.train
     if "://" in uri:
         return DatasetTokens(None, None, "unknown", f"{uri} is remote and is not read here, so time and cost are unknown. To fix: pass --tokens N (tokens in one epoch)")
     examples = load_examples(uri)
-    lengths, why = _tokenize(spec.base_model, examples)
-    method = "counted" if why is None else "estimated"
-    if lengths is None:
+    counter = token_counter(spec.base_model, spec.hf_token_env, download=False)
+    if counter.exact:
+        lengths = [counter.count(e) for e in examples]
+        how = f"{spec.base_model} tokenizer and chat template"
+    else:
         lengths = [sum(len(content) for _, content in e.messages) // 4 + 4 * len(e.messages) for e in examples]
+        how = f"characters / 4 because {counter.reason}"
     cap = spec.training.max_seq_len
     total = sum(min(n, cap) for n in lengths)
-    note = f"{len(examples):,} examples, " + (f"characters / 4 because {why}" if why else f"{spec.base_model} tokenizer and chat template")
+    note = f"{len(examples):,} examples, {how}"
     if spec.data.eval is None:
         held_out = spec.training.eval_fraction
         total = round(total * (1 - held_out))
         note += f", less the {held_out:.0%} held out for evaluation"
-    return DatasetTokens(total, len(examples), method, note)
-
-
-def _tokenize(base_model: str, examples: list[Example]) -> tuple[list[int] | None, str | None]:
-    """Token counts per example with the chat template applied, or (None, why not)."""
-    try:
-        from transformers import AutoTokenizer
-    except ImportError:
-        return None, "transformers is not installed (pip install \"launcher[train]\" to count exactly)"
-    path = Path(base_model).expanduser()
-    try:
-        if base_model == "tiny-llama":
-            from entrypoints import tiny_llama
-
-            tokenizer = AutoTokenizer.from_pretrained(tiny_llama.materialize())
-        elif base_model.lower().endswith(".gguf") and not path.is_dir():  # read from the file; not converted for a plan
-            from entrypoints import models
-
-            tokenizer = models.load_tokenizer(base_model, convert=False)
-        elif path.is_dir():
-            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        else:  # a Hub id: only a tokenizer already in the local Hugging Face cache; plan never downloads
-            tokenizer = AutoTokenizer.from_pretrained(base_model, local_files_only=True)
-    except (OSError, ValueError, LauncherError) as exc:
-        if base_model == "tiny-llama" or path.exists() or base_model.lower().endswith(".gguf"):
-            return None, f"the tokenizer of {base_model} cannot be loaded ({reason(exc)})"
-        return None, (f"{base_model}'s tokenizer is not in the local Hugging Face cache, and plan never downloads "
-                      f"(huggingface-cli download {base_model} counts exactly, as does --tokens N)")
-    texts = []
-    for example in examples:
-        messages = [{"role": role, "content": content} for role, content in example.messages]
-        try:
-            texts.append(tokenizer.apply_chat_template(messages, tokenize=False))
-        except (ValueError, TypeError):  # no chat template (a base model): plain text
-            texts.append("\n".join(content for _, content in example.messages))
-    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]], None
+    return DatasetTokens(total, len(examples), "counted" if counter.exact else "estimated", note)
 
 
 # --- the plan ---------------------------------------------------------------------------------------------
@@ -592,23 +319,14 @@ class Plan:
         }
 
 
-def gpu_config(config: TrainConfig) -> TrainConfig:
-    """The configuration the training entrypoint actually runs on a GPU. Its fast path (the default)
-    sizes micro-batches from measured memory, so what must fit is one ``max_seq_len`` example. (QLoRA
-    then spends at most the standard path's memory, ``estimate_memory`` of the spec as written, on
-    checkpointing fewer layers; on an H200 that is none of them.)"""
-    if config.fast_path == "off":
-        return config
-    return config.model_copy(update={"micro_batch_size": 1})
-
-
 def plan(spec: JobSpec, *, dataset_tokens: int | None = None) -> Plan:
     """Memory, time and cost of ``spec`` on every priced instance type, cheapest first.
 
     ``dataset_tokens`` (training tokens in one epoch) skips reading the data; otherwise local data is
     counted (``count_dataset_tokens``) and remote data leaves time and cost unknown.
     """
-    config = gpu_config(spec.train_config())
+    policy = runtime_policy(spec.train_config(), "cuda")
+    config = policy.must_fit
     shape = resolve_model(spec.base_model)
     memory = estimate_memory(shape, config)
     if dataset_tokens is not None:
@@ -644,13 +362,13 @@ def plan(spec: JobSpec, *, dataset_tokens: int | None = None) -> Plan:
         candidates=candidates,
         requested=_requested_label(spec),
         prices_as_of=catalog.load("prices")["as_of"],
-        notes=_notes(spec, shape, candidates),
+        notes=_notes(spec, shape, candidates, policy),
     )
 
 
 def _candidate(entry: dict[str, Any], spec: JobSpec, memory: MemoryEstimate) -> Candidate:
     compute = spec.compute
-    checkpointing, fits = choose_checkpointing(memory, entry["gpu"], spec.training.gradient_checkpointing)
+    checkpointing, fits = choose_checkpointing(memory, usable_bytes(entry["gpu"]), spec.training.gradient_checkpointing)
     need, have = memory.total(checkpointing), usable_bytes(entry["gpu"])
     if fits:
         reason = f"{need / GIB:.1f} of {have / GIB:.1f} GiB" + (" with checkpointing" if checkpointing else "")
@@ -668,17 +386,6 @@ def _candidate(entry: dict[str, Any], spec: JobSpec, memory: MemoryEstimate) -> 
     )  # fmt: skip
 
 
-def choose_checkpointing(memory: MemoryEstimate, gpu: str, mode: str = "auto") -> tuple[bool, bool]:
-    """(gradient checkpointing on?, fits?) on one ``gpu``: 'on'/'off' are kept; 'auto' turns
-    checkpointing on only when the job does not fit without it (it costs about a quarter of the speed)."""
-    have = usable_bytes(gpu)
-    if mode == "auto":
-        checkpointing = memory.total(False) > have
-    else:
-        checkpointing = mode == "on"
-    return checkpointing, memory.total(checkpointing) <= have
-
-
 def _training_tokens(config: TrainConfig, epoch_tokens: int, mean_example: float | None, world: int) -> int:
     tokens = epoch_tokens * config.epochs
     if config.max_steps:
@@ -693,7 +400,7 @@ def _requested_label(spec: JobSpec) -> str | None:
     return str(spec.compute.accelerator) if spec.compute.accelerator else None
 
 
-def _notes(spec: JobSpec, shape: ModelShape, candidates: list[Candidate]) -> list[str]:
+def _notes(spec: JobSpec, shape: ModelShape, candidates: list[Candidate], policy: Policy) -> list[str]:
     notes = []
     compute = spec.compute
     requested = [c for c in candidates if c.requested]
@@ -706,7 +413,7 @@ def _notes(spec: JobSpec, shape: ModelShape, candidates: list[Candidate]) -> lis
         notes.append(f"no priced instance type has exactly {compute.accelerator}; rows with {compute.accelerator.kind} are checked per GPU")
     if spec.compute.spot and requested and not any(c.spot_allowed for c in requested):
         notes.append(f"spot is requested but {requested[0].instance_type} offers no spot capacity here: {requested[0].note or 'see prices.json'}")
-    if spec.method == "qlora" and spec.training.fast_path == "off":
+    if spec.method == "qlora" and not policy.fast:
         notes.append("QLoRA assumes embeddings, lm_head and norms stay bf16; with fast_path: off, peft's prepare_model_for_kbit_training upcasts them (and the activations) to fp32")
     if spec.training.use_dora:
         notes.append("DoRA's extra activation memory (it materialises each adapted weight's norm) is not modelled")
@@ -714,13 +421,13 @@ def _notes(spec: JobSpec, shape: ModelShape, candidates: list[Candidate]) -> lis
         notes.append("multi-GPU rows assume data parallelism (DDP): every GPU holds the whole model, so memory per GPU does not shrink. "
                      "The training entrypoint runs on one GPU today; those rows show what data parallelism would give")
     cap = spec.training.max_memory_gib
-    if cap is not None and spec.training.fast_path != "off":
-        least = estimate_memory(shape, gpu_config(spec.train_config()).model_copy(update={"gradient_checkpointing": "on"}))
+    if cap is not None and policy.fast:
+        least = estimate_memory(shape, policy.must_fit.model_copy(update={"gradient_checkpointing": "on"}))
         need = least.total(True) - CUDA_CONTEXT_BYTES
         if need > cap * GIB:
             notes.append(f"max_memory_gib {cap:g} is below the {need / GIB:.1f} GiB one max_seq_len example needs with every layer "
                          "checkpointed; the run will take that much")
-    target = qlora_memory_target(shape, spec.train_config()) if spec.training.fast_path != "off" else None
+    target = qlora_memory_target(shape, spec.train_config()) if policy.fast else None
     if target is not None:
         notes.append(f"QLoRA's fast path uses up to {target / GIB:.1f} GiB of GPU memory (what micro_batch_size "
                      f"{spec.training.micro_batch_size} x max_seq_len {spec.training.max_seq_len} takes on the standard path), "
@@ -728,16 +435,6 @@ def _notes(spec: JobSpec, shape: ModelShape, candidates: list[Candidate]) -> lis
     if spec.training.max_seq_len > shape.max_positions > 0:
         notes.append(f"max_seq_len {spec.training.max_seq_len} is above {shape.name}'s max_position_embeddings {shape.max_positions}")
     return notes
-
-
-def qlora_memory_target(shape: ModelShape, config: TrainConfig) -> int | None:
-    """Bytes QLoRA's fast path may take by default (None: not QLoRA, or a limit is set): what the
-    standard path's tensors would take for the config as written (``micro_batch_size`` padded rows of
-    ``max_seq_len`` tokens, every layer checkpointed, full logits). QLoRA is chosen for memory, so the
-    fast path spends no more than that, on checkpointing fewer layers."""
-    if config.method != "qlora" or config.gradient_checkpointing != "auto" or config.max_memory_gib is not None:
-        return None
-    return estimate_memory(shape, config.model_copy(update={"gradient_checkpointing": "on"})).tensors(True)
 
 
 def check_fits(spec: JobSpec) -> MemoryEstimate | None:
@@ -757,10 +454,9 @@ def check_fits(spec: JobSpec) -> MemoryEstimate | None:
     shape = find_model(spec.base_model)
     if shape is None:
         return None
-    config = gpu_config(spec.train_config())
+    config = runtime_policy(spec.train_config(), "cuda").must_fit
     memory = estimate_memory(shape, config)
-    mode = config.gradient_checkpointing
-    checkpointing, fits = choose_checkpointing(memory, kind, mode)
+    checkpointing, fits = choose_checkpointing(memory, usable_bytes(kind), config.gradient_checkpointing)
     if fits:
         return memory
     need, have = memory.total(checkpointing), usable_bytes(kind)
@@ -780,7 +476,7 @@ def _fixes(shape: ModelShape, config: TrainConfig, kind: str) -> str:
 
     def fits(**changes: Any) -> bool:
         changed = config.model_copy(update=changes)
-        return choose_checkpointing(estimate_memory(shape, changed), kind, changed.gradient_checkpointing)[1]
+        return choose_checkpointing(estimate_memory(shape, changed), usable_bytes(kind), changed.gradient_checkpointing)[1]
 
     fixes = []
     if config.gradient_checkpointing == "off" and fits(gradient_checkpointing="on"):
@@ -795,7 +491,7 @@ def _fixes(shape: ModelShape, config: TrainConfig, kind: str) -> str:
     memory = estimate_memory(shape, config)
     bigger = sorted(
         (k for k in catalog.load("gpus")["kinds"] if usable_bytes(k) > usable_bytes(kind)
-         and choose_checkpointing(memory, k, config.gradient_checkpointing)[1]),
+         and choose_checkpointing(memory, usable_bytes(k), config.gradient_checkpointing)[1]),
         key=usable_bytes,
     )  # fmt: skip
     if bigger:

@@ -282,3 +282,51 @@ def test_sibling_adapters_computed_together_give_peft_outputs_and_gradients(monk
     assert g_fused.keys() == g_peft.keys() and all(g_fused[n] is not None and g_fused[n].abs().sum() > 0 for n in g_fused)
     for name in g_peft:
         torch.testing.assert_close(g_fused[name], g_peft[name], msg=name)
+
+
+def test_micro_batches_are_sized_from_probed_memory_and_layers_checkpointed_to_fit():
+    """``fast.size_micro_batches`` with a probe that charges each token 100 KiB with every layer
+    checkpointed and more per layer kept (20 KiB for the first, whose input needs no gradient, 50 for
+    the others), on a GPU of a given size."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from launcher import memory
+
+    kib = 1024
+    config = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=64)
+    model = get_peft_model(LlamaForCausalLM(config), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+
+    def probe(tokens):
+        kept = [i for i, layer in enumerate(fast.decoder_layers(model)) if not layer.gradient_checkpointing]
+        return tokens * (100 * kib + sum(20 * kib if i == 0 else 50 * kib for i in kept))
+
+    def size(gib, **changes):
+        lines = []
+        cfg = TrainConfig(fast_path="on", micro_batch_size=8, gradient_accumulation_steps=4, max_seq_len=1024).model_copy(update=changes)
+        sizing = fast.size_micro_batches(model, probe, cfg, log=lines.append, total_memory=gib * 2**30, allocated=lambda: 0)
+        assert sizing.checkpointed_layers == fast.checkpointed_layers(model)
+        return (sizing.micro_batch_tokens, sizing.bytes_per_token, sizing.checkpointed_layers), lines
+
+    # A large GPU: no checkpointing, the budget capped at one optimizer step (8 x 4 x 1,024 tokens).
+    assert size(80) == ((32768, 270 * kib, 0), ["micro-batch budget: 32768 tokens (270 KiB per token measured)"])
+    # One 8,192-token example needs 2.1 GiB without checkpointing; 1.6 GiB are free: every layer checkpointed.
+    long = {"max_seq_len": 8192, "micro_batch_size": 1, "gradient_accumulation_steps": 1}
+    assert size(4, **long) == ((8192, 100 * kib, 4), ["one max_seq_len example does not fit without gradient checkpointing: turning it on",
+                                                      "micro-batch budget: 8192 tokens (100 KiB per token measured)"])
+    # "on" and "off" are kept, whatever they cost: nothing more to turn on, nothing turned on.
+    assert size(1, **long, gradient_checkpointing="on") == ((8192, 100 * kib, 4), ["micro-batch budget: 8192 tokens (100 KiB per token measured)"])
+    fast.checkpoint_layers(model, 0)
+    assert size(4, **long, gradient_checkpointing="off")[0] == (8192, 270 * kib, 0)
+    # max_memory_gib 1: at 4,096 tokens a token may take 243 KiB, so 2 layers are kept (100 + 2 x 50 KiB),
+    # and 0.95 GiB / 200 KiB = 4,980 tokens -> 4,864, a multiple of 128.
+    assert size(80, max_memory_gib=1.0) == ((4864, 200 * kib, 2), [
+        "memory target 1.0 GiB: 4864 tokens a micro-batch, 2 of 4 layers checkpointed (100 KiB per token checkpointed, "
+        "50 KiB more per layer kept, 20 KiB for the first)"])
+    assert [layer.gradient_checkpointing for layer in fast.decoder_layers(model)] == [False, False, True, True]
+    # QLoRA: within what the standard path would take (launcher.memory's figure for this shape), here one example.
+    (budget, _, checkpointed), lines = size(80, method="qlora")
+    shape = memory.ModelShape.from_config(config.to_dict(), name="tiny", source="config")
+    target = memory.qlora_memory_target(shape, TrainConfig(method="qlora", micro_batch_size=8, max_seq_len=1024))
+    assert (budget, checkpointed) == (1024, 4) and lines[0].startswith(f"QLoRA memory target {target / 2**30:.1f} GiB: what 8 padded rows")

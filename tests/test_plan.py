@@ -1,33 +1,27 @@
-"""launcher plan: memory arithmetic against hand-computed cases and H200 measurements, fit flags, time
-and cost, the CLI (tables and --json) and its bad input."""
+"""launcher plan: model shapes, memory notes, fit flags, time and cost, the CLI (tables and --json) and its
+bad input. The memory arithmetic itself is tests/test_memory.py's."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from launcher.cli.main import app
 from launcher.errors import NotFoundError, SpecError
-from launcher.plan import (
-    GIB,
-    check_fits,
-    estimate_memory,
-    find_model,
-    lora_param_count,
-    nf4_bytes,
-    plan,
-    qlora_memory_target,
-    resolve_model,
-)
+from launcher.memory import qlora_memory_target
+from launcher.plan import DatasetTokens, check_fits, find_model, plan, resolve_model
 from launcher.spec import JobSpec, TrainConfig
 
 runner = CliRunner()
 LLAMA3_8B = "meta-llama/Meta-Llama-3-8B"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def make_spec(tmp_path, **overrides) -> JobSpec:
@@ -104,49 +98,7 @@ def test_hub_id_in_the_local_hugging_face_cache_is_read(tmp_path, monkeypatch):
     assert shape is not None and shape.params == resolve_model("mistralai/Mistral-7B-v0.3").params == 7_248_023_552
 
 
-# --- memory ---------------------------------------------------------------------------------------------
-def test_lora_parameter_count_llama3_8b_r16_all_linear():
-    # per layer, r x (in + out): q 16x(4096+4096)=131,072; k and v 16x(4096+1024)=81,920 each; o 131,072;
-    # gate, up, down 16x(4096+14336)=294,912 each -> 1,310,720 per layer x 32 layers
-    assert lora_param_count(resolve_model(LLAMA3_8B), TrainConfig(lora_r=16)) == 1_310_720 * 32 == 41_943_040
-    # only q and v: 32 x 16 x ((4096+4096) + (4096+1024)) = 6,815,744
-    assert lora_param_count(resolve_model(LLAMA3_8B), TrainConfig(target_modules=["q_proj", "v_proj"])) == 6_815_744
-
-
-def test_lora_parameter_count_phi3_fused_projections():
-    # qkv_proj 16x(3072+9216)=196,608; o 16x(3072+3072)=98,304; gate_up 16x(3072+16384)=311,296;
-    # down 16x(8192+3072)=180,224 -> 786,432 per layer x 32
-    assert lora_param_count(resolve_model("microsoft/Phi-3-mini-4k-instruct"), TrainConfig()) == 25_165_824
-
-
-def test_target_module_that_the_model_lacks_is_an_error():
-    with pytest.raises(SpecError, match="'qkv_proj' is not a linear layer of meta-llama/Meta-Llama-3-8B.*q_proj, k_proj"):
-        estimate_memory(resolve_model(LLAMA3_8B), TrainConfig(target_modules=["qkv_proj"]))
-
-
-def test_lora_weights_and_state_bytes():
-    memory = estimate_memory(resolve_model(LLAMA3_8B), TrainConfig())
-    assert memory.weights == 8_030_261_248 * 2 == 16_060_522_496  # bf16
-    assert memory.lora_state == 41_943_040 * 16  # fp32 weight + grad + AdamW m and v
-
-
-def test_qlora_nf4_bytes():
-    # One 4096x4096 matrix: 8,388,608 bytes of 4-bit codes, 262,144 blocks of 64 with an 8-bit absmax each,
-    # 1,024 fp32 second-level constants (one per 256 blocks): 8,388,608 + 262,144 + 4,096
-    assert nf4_bytes(4096 * 4096) == 8_654_848
-    memory = estimate_memory(resolve_model(LLAMA3_8B), TrainConfig(method="qlora"))
-    linear = 6_979_321_856  # 32 layers x (41,943,040 attention + 176,160,768 MLP)
-    quantised = linear // 2 + linear // 64 + 4 * (linear // 64 // 256)  # 3,489,660,928 + 109,051,904 + 1,703,936
-    rest = (8_030_261_248 - linear) * 2  # embeddings, lm_head, norms in bf16
-    assert memory.weights == quantised + rest == 5_702_295_552
-
-
-def test_fp8_adds_two_float8_copies_of_the_linear_weights():
-    shape = resolve_model(LLAMA3_8B)
-    plain, fp8 = (estimate_memory(shape, TrainConfig(fp8=value)) for value in ("off", "on"))
-    assert fp8.weights - plain.weights == 2 * 6_979_321_856  # W and W.T, one byte each per linear parameter
-
-
+# --- memory notes ---------------------------------------------------------------------------------------
 def test_qlora_fast_path_memory_target_is_the_standard_paths_and_noted(tmp_path):
     spec = make_spec(tmp_path, method="qlora", training={"fast_path": "auto", "micro_batch_size": 8, "max_seq_len": 2048})
     # The figure the H200 run logged; the Trainer-style QLoRA baseline peaked at 40.5 GiB there.
@@ -164,51 +116,6 @@ def test_max_memory_below_what_one_example_needs_is_noted(tmp_path):
     assert any("max_memory_gib 10 is below the" in note for note in low.notes)
     enough = plan(make_spec(tmp_path, training={**fast, "max_memory_gib": 60}), dataset_tokens=1_000_000)
     assert not any("max_memory_gib" in note for note in enough.notes)
-
-
-def test_activation_terms_by_hand():
-    # Llama-3-8B, micro-batch 8 x 2,048 = 16,384 tokens, lora_dropout 0
-    memory = estimate_memory(resolve_model(LLAMA3_8B), TrainConfig(micro_batch_size=8, max_seq_len=2048, lora_dropout=0))
-    tokens = 16_384
-    assert memory.logits == tokens * (128_256 * 14 + 4 * 4096)  # logits x 14 B + the final norm's fp32 input
-    assert memory.activations_checkpointed == tokens * 32 * 2 * 4096  # each layer's bf16 input: 4 GiB
-    per_token_layer = (
-        2 * 4 * 4096  # two RMSNorm inputs in fp32
-        + 2 * (2 * 4096 + 2 * 1024)  # q, k, v, attention output in bf16
-        + 3 * 2 * 14336  # gate, SiLU(gate), up
-        + 4 * (6 * 4096 + 14336)  # LoRA inputs cast to fp32 (six modules read h, down_proj reads i)
-        + 4 * 16 * 7  # lora_A outputs
-    )
-    assert per_token_layer == 295_360
-    assert memory.activations_full == tokens * 32 * per_token_layer
-    with_dropout = estimate_memory(resolve_model(LLAMA3_8B), TrainConfig(micro_batch_size=8, max_seq_len=2048, lora_dropout=0.05))
-    assert with_dropout.activations_full - memory.activations_full == tokens * 32 * (6 * 4096 + 14336)  # 1-byte masks
-
-
-# Peak torch.cuda.max_memory_allocated of plain transformers 5.17 + peft 0.21 + torch 2.11 LoRA (r=16, all linear)
-# training steps on one H200, random weights, SDPA (2026-11): model, checkpointing, micro-batch, seq, dropout, GiB.
-H200_PEAKS = [
-    (LLAMA3_8B, "on", 8, 2048, 0.0, 47.14),
-    (LLAMA3_8B, "off", 2, 2048, 0.0, 58.50),
-    (LLAMA3_8B, "off", 1, 2048, 0.0, 37.00),
-    (LLAMA3_8B, "on", 2, 2048, 0.0, 23.40),
-    (LLAMA3_8B, "off", 1, 2048, 0.05, 39.37),
-    (LLAMA3_8B, "on", 4, 2048, 0.05, 31.31),
-    (LLAMA3_8B, "off", 1, 4096, 0.0, 58.51),
-    ("Qwen/Qwen2.5-1.5B", "off", 4, 1024, 0.05, 28.83),
-    ("Qwen/Qwen2.5-1.5B", "on", 8, 2048, 0.05, 37.01),
-    ("Qwen/Qwen2.5-1.5B", "off", 2, 2048, 0.0, 26.94),
-]
-
-
-@pytest.mark.parametrize(("model", "checkpointing", "micro_batch", "seq", "dropout", "measured_gib"), H200_PEAKS)
-def test_memory_model_reproduces_h200_measurements(model, checkpointing, micro_batch, seq, dropout, measured_gib):
-    config = TrainConfig(micro_batch_size=micro_batch, max_seq_len=seq, lora_dropout=dropout)
-    memory = estimate_memory(resolve_model(model), config)
-    on = checkpointing == "on"
-    allocated = memory.weights + memory.lora_state + memory.activations(on) + memory.logits
-    assert allocated / GIB == pytest.approx(measured_gib, rel=0.01)
-    assert memory.total(on) > measured_gib * GIB  # context and allocator margin on top
 
 
 # --- fit, time and cost ---------------------------------------------------------------------------------
@@ -261,21 +168,29 @@ def test_remote_data_without_tokens_leaves_time_unknown(tmp_path):
     assert all(c.hours is None and c.on_demand_cost is None for c in result.candidates)
 
 
-def test_local_dataset_is_counted_with_the_tiny_llama_tokenizer(tmp_path, tiny_llama_dir):
-    from transformers import AutoTokenizer
+def training_rows(base_model: str, train: str, max_seq_len: int) -> int:
+    """Tokens in the rows training builds from ``train``: its tokenizer, its tokenisation."""
+    from entrypoints import models, sequences
+    from launcher.data import load_examples
 
-    train = write_train(tmp_path)
-    spec = make_spec(tmp_path, base_model="tiny-llama", data={"train": train})
+    tokenizer = models.load_tokenizer(base_model)
+    return sum(len(sequences.tokenize(tokenizer, e, max_seq_len)) for e in load_examples(train))
+
+
+def test_the_example_dataset_is_counted_as_training_tokenises_it(tiny_llama_dir):
+    spec = JobSpec.from_yaml(EXAMPLES / "fin-summary.yaml")  # tiny-llama, with an eval set: nothing held out
     result = plan(spec)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
-    rows = [json.loads(line) for line in open(train)]
-    texts = [
-        tokenizer.apply_chat_template([{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["completion"]}], tokenize=False)
-        for r in rows
-    ]
-    exact = sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+    assert result.dataset == DatasetTokens(training_rows("tiny-llama", spec.data.train, spec.training.max_seq_len), 1200,
+                                           "counted", "1,200 examples, tiny-llama tokenizer and chat template")
+
+
+def test_a_model_without_a_chat_template_is_counted_with_the_one_training_gives_it(tmp_path, tiny_llama_dir):
+    model = tmp_path / "no-template"
+    shutil.copytree(tiny_llama_dir, model, ignore=shutil.ignore_patterns("chat_template.jinja", "*.safetensors"))
+    train = write_train(tmp_path)
+    result = plan(make_spec(tmp_path, base_model=str(model), data={"train": train}))
     assert result.dataset.method == "counted"
-    assert result.dataset.tokens == round(exact * 0.9)  # eval_fraction 0.1 held out (no eval set)
+    assert result.dataset.tokens == round(training_rows(str(model), train, 1024) * 0.9)  # eval_fraction 0.1 held out (no eval set)
 
 
 def test_dataset_without_a_tokenizer_is_estimated(tmp_path):

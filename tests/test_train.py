@@ -211,11 +211,11 @@ def test_qlora_trains_on_the_cpu_with_nf4_weights(make_job):
     assert all(m.weight.quant_state.nested for m in layers)  # double quantisation
     # On a GPU its fast path would spend what launcher plan notes: the run reads the same shape off the
     # quantised model as plan reads from the model's folder.
-    from entrypoints import tiny_llama
-    from launcher import plan
+    from entrypoints import fast, tiny_llama
+    from launcher import memory, plan
 
     shape = plan.find_model(str(tiny_llama.materialize()))
-    assert recipe._qlora_memory_target() == plan.qlora_memory_target(shape, recipe.config) > 0
+    assert fast.memory_target(recipe.model, recipe.config, log=print) == memory.qlora_memory_target(shape, recipe.config) > 0
     # Evaluate first (the bitsandbytes CPU pitfall: a no-grad forward must not break later gradients).
     pad = recipe.tokenizer.pad_token_id
     batch = train.sequences.collate(recipe.rows[:4], recipe.train_tokens, pad)

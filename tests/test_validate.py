@@ -150,7 +150,7 @@ def test_token_count_is_the_row_training_builds(tiny_llama_dir):
     from transformers import AutoTokenizer
 
     from entrypoints.sequences import tokenize
-    from launcher.cli.data import token_counter
+    from launcher.tokens import token_counter
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
     counter = token_counter("tiny-llama")

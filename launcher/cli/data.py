@@ -1,106 +1,22 @@
 """``launcher validate``: check a dataset (or a job spec's datasets) before a GPU hour is spent.
 
-The checks themselves are pure Python in ``launcher.data.validate_dataset``; this module adds the
-model's tokenizer (token lengths are counted on the chat-templated text, exactly what training sees)
-and the presentation. The tokenizer is loaded lazily and only when a base model is known; when it
-cannot be had (no ``transformers``, a Hub that cannot be reached, a gated model without a token) the
-lengths fall back to a clearly-labelled characters/4 estimate rather than failing the check.
+The checks themselves are pure Python in ``launcher.data.validate_dataset``; the token lengths come
+from ``launcher.tokens.token_counter`` (the model's tokenizer and the training entrypoint's own
+tokenisation, exactly the rows training builds, or a clearly-labelled characters/4 estimate when the
+tokenizer cannot be had), the same counts ``launcher plan`` uses. This module adds the presentation.
 """
 
 from __future__ import annotations
 
-import os
-import socket
-import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 import typer
 
 from launcher.cli.common import abort, json_option, output
-from launcher.data import DatasetReport, Example, dataset_files, validate_dataset
-from launcher.errors import reason
+from launcher.data import DatasetReport, dataset_files, validate_dataset
+from launcher.tokens import TokenCounter, token_counter
 
 MAX_LISTED_ERRORS = 20
-
-
-@dataclass
-class TokenCounter:
-    """Counts an example's tokens; ``exact`` is False for the characters/4 estimate."""
-
-    count: Callable[[Example], int]
-    label: str
-    exact: bool
-
-
-def estimate_counter(reason: str) -> TokenCounter:
-    def count(example: Example) -> int:
-        text = example.text if example.text is not None else "".join(c for _, c in example.messages)
-        return max(1, round(len(text) / 4))
-
-    return TokenCounter(count, f"ESTIMATED as characters/4 ({reason})", exact=False)
-
-
-def token_counter(base_model: str | None, token_env: str = "HF_TOKEN") -> TokenCounter:
-    """The base model's tokenizer as a counter, or the characters/4 estimate with the reason.
-
-    Counting goes through the training entrypoint's own tokenisation (``entrypoints.sequences``), so a
-    length here is exactly the length of the row training builds (chat template, EOS and all).
-    """
-    if not base_model:
-        return estimate_counter("no base model given; pass --base-model or a job spec for exact counts")
-    try:
-        tokenizer = _load_tokenizer(base_model, os.environ.get(token_env) or None)
-        from entrypoints.sequences import tokenize
-    except Exception as exc:  # noqa: BLE001 - any failure to load means "estimate instead"
-        return estimate_counter(f"tokenizer of '{base_model}' not available: {reason(exc)}")
-
-    def count(example: Example) -> int:
-        return len(tokenize(tokenizer, example, max_seq_len=sys.maxsize))
-
-    return TokenCounter(count, f"{base_model} tokenizer, chat-templated as training sees it", exact=True)
-
-
-def _load_tokenizer(base_model: str, token: str | None):
-    """The tokenizer training will use; for a Hub id, the local cache first and no long network waits."""
-    try:
-        from transformers.utils import logging as hf_logging
-
-        from entrypoints import models
-    except ImportError as exc:
-        raise RuntimeError(f'{exc.name} is not installed (pip install "launcher[train]")') from None
-    hf_logging.disable_progress_bar()  # tiny-llama is saved once on first use; no progress bar for that
-    if base_model.startswith(("s3://", "gs://")):
-        raise RuntimeError("validate does not download models from cloud storage")
-    if models.is_gguf(base_model):  # its tokenizer straight from the file: validate converts nothing
-        return models.load_tokenizer(base_model, convert=False)
-    if base_model == "tiny-llama" or Path(base_model).expanduser().is_dir() or base_model.startswith((".", "/", "~")):
-        return models.load_tokenizer(base_model)
-    from transformers import AutoTokenizer
-
-    try:  # the local Hugging Face cache first: no network, no retries
-        tokenizer = AutoTokenizer.from_pretrained(base_model, local_files_only=True)
-    except Exception:  # noqa: BLE001
-        if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}:
-            raise RuntimeError("not in the local cache and HF_HUB_OFFLINE is set") from None
-        if not _hub_reachable():
-            raise RuntimeError("the Hugging Face Hub cannot be reached") from None
-        tokenizer = AutoTokenizer.from_pretrained(base_model, token=token)
-    if not tokenizer.chat_template:
-        tokenizer.chat_template = models.DEFAULT_CHAT_TEMPLATE
-    return tokenizer
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """One quick TCP connect, so an offline machine does not sit through the Hub client's retries."""
-    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    try:
-        socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
 
 
 def register(app: typer.Typer) -> None:
