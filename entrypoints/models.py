@@ -66,8 +66,26 @@ def resolve(base_model: str) -> str:
     return base_model  # a Hub id
 
 
+SECRET_ENV = "LAUNCHER_HF_TOKEN_SECRET"  # a secret's ARN or name; its value is read inside the job only
+
+
 def hub_token(config: TrainConfig) -> str | None:
-    return os.environ.get(config.hf_token_env) or None
+    """The Hub token: the environment variable the job names (``hf_token_env``), or, on SageMaker, the
+    Secrets Manager secret whose ARN the job's environment carries (``LAUNCHER_HF_TOKEN_SECRET``),
+    read once at start. The value never travels in the job's request, settings or logs."""
+    token = os.environ.get(config.hf_token_env)
+    if token:
+        return token
+    secret = os.environ.get(SECRET_ENV)
+    if not secret:
+        return None
+    from launcher import clouds
+
+    with clouds.aws_errors(f"secret {secret}", "secretsmanager:GetSecretValue",
+                           missing=f"create the secret, or correct sagemaker.hf_token_secret ({secret})"):
+        token = clouds.aws_client("secretsmanager").get_secret_value(SecretId=secret)["SecretString"].strip()
+    os.environ[config.hf_token_env] = token
+    return token
 
 
 @contextlib.contextmanager

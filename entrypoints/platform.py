@@ -60,7 +60,9 @@ def detect(argv: list[str] | None = None, env: dict[str, str] | None = None) -> 
     if "AIP_MODEL_DIR" in env:
         return _vertex(env, flags)
     if "SM_MODEL_DIR" in env or "TRAINING_JOB_NAME" in env or Path("/opt/ml/input/config").is_dir():
-        return _sagemaker(Path(env.get("SM_ROOT", "/opt/ml")), env, flags, kind="sagemaker")
+        # SAGEMAKER_BASE_DIR: the training toolkit's own override of /opt/ml (its tests, and ours, use it).
+        root = env.get("SM_ROOT") or env.get("SAGEMAKER_BASE_DIR") or "/opt/ml"
+        return _sagemaker(Path(root), env, flags, kind="sagemaker")
     raise SpecError(
         "no training platform found: not SageMaker (/opt/ml, SM_MODEL_DIR), not Vertex AI (AIP_MODEL_DIR). "
         "To fix: run locally with 'python -m entrypoints.train --root JOBDIR'"

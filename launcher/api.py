@@ -184,6 +184,8 @@ def attach(job_id: str, backend: str | None = None) -> JobHandle:
     for name in [backend] if backend else registry.names():
         try:
             runner = registry.get(name)
+            if not backend and not runner.configured():
+                continue
             ref = runner.find(job_id)
         except MissingExtraError:
             continue  # a backend whose SDK is not installed cannot hold this user's jobs

@@ -306,11 +306,21 @@ class LocalSection(StrictModel):
 
 
 class SageMakerSection(StrictModel):
-    region: str | None = None
-    role_arn: str | None = None
+    region: str | None = None  # default: AWS_REGION / AWS_DEFAULT_REGION
+    role_arn: str | None = None  # the execution role; default: LAUNCHER_SAGEMAKER_ROLE_ARN
+    bucket: str | None = None  # staging, outputs and checkpoints; default: LAUNCHER_SAGEMAKER_BUCKET
+    prefix: str = "launcher"  # key prefix in the bucket
+    # A custom image in ECR (its entry point runs the training entrypoint); None: AWS's PyTorch training
+    # image (resolved with sagemaker-core, the sagemaker-images extra) running the source bundle.
     image_uri: str | None = None
-    bucket: str | None = None
+    framework_version: str = "2.8.0"
+    py_version: str = "py312"
     volume_gb: PositiveInt = 100
+    max_wait: int | None = None  # spot: seconds to wait for capacity and restarts in all; default 2 x max_runtime
+    max_retries: Annotated[int, Field(ge=0, le=30)] = 0  # RetryStrategy: SageMaker re-runs on internal errors
+    hf_token_secret: str | None = None  # a Secrets Manager secret (ARN or name) holding the Hub token
+    kms_key_id: str | None = None  # encrypts outputs, checkpoints and the training volume
+    network_isolation: bool = False
     subnets: list[str] = []
     security_group_ids: list[str] = []
 

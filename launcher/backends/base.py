@@ -182,6 +182,11 @@ class Backend(ABC):
             self.require(Feature.GPU)
         return []
 
+    def configured(self) -> bool:
+        """Whether this machine is set up to reach the backend (cheap, no network): ``attach`` asks only
+        configured backends for a job its index lacks."""
+        return True
+
     def describe(self, request: LaunchRequest) -> dict[str, Any]:
         """What ``submit`` would send for ``request`` (``launcher train --dry-run``); nothing is staged."""
         return request.to_dict()

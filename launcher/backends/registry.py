@@ -27,6 +27,7 @@ class BackendEntry:
 
 BACKENDS: dict[str, BackendEntry] = {
     "local": BackendEntry("launcher.backends.local:LocalBackend", None),
+    "sagemaker": BackendEntry("launcher.backends.sagemaker:SageMakerBackend", "aws", ("boto3", "tenacity")),
 }
 
 

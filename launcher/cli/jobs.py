@@ -72,6 +72,9 @@ def train(
         say(f"Resuming job {handle.job_id} {where} (attempt {info.attempt}) on the {backend} backend.", as_json)
     else:
         say(f"Submitted job {handle.job_id} to the {backend} backend.", as_json)
+    for key in ("logs", "console"):  # where a cloud job's logs and page are
+        if info.extra.get(key):
+            say(f"{key.capitalize()}: {info.extra[key]}", as_json)
     if detach or info.state is JobState.SUCCEEDED:
         if detach:
             say(f"Follow it with 'launcher logs -f {handle.job_id}'; check it with 'launcher status {handle.job_id}'.", as_json)
