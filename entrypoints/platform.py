@@ -100,7 +100,12 @@ def _sagemaker(root: Path, env: dict[str, str], flags: dict[str, str], kind: str
             hyperparameters = json.loads(hp_file.read_text())
         except json.JSONDecodeError as exc:
             raise SpecError(f"{hp_file}: not valid JSON ({exc.msg}). To fix: write a JSON object of strings") from None
-    hyperparameters.update(flags)
+    if kind == "sagemaker":
+        # The training toolkit also passes every hyperparameter as --key value, after json.loads and
+        # str() (a list arrives as "['q_proj']"): the file SageMaker wrote is the one to trust.
+        hyperparameters = {**flags, **hyperparameters}
+    else:
+        hyperparameters.update(flags)
     # SageMaker and its SDKs add their own keys (sagemaker_program, sagemaker_submit_directory,
     # sagemaker_region, _tuning_objective_metric, ...): they are the platform's, not the job's.
     hyperparameters = {k: v for k, v in hyperparameters.items() if not k.startswith(PLATFORM_KEY_PREFIXES)}

@@ -111,7 +111,12 @@ class Hyperparameters(StrictModel):
         if isinstance(value, str) and value != "all-linear":
             value = value.strip()
             if value.startswith("["):
-                return json.loads(value)
+                try:
+                    return json.loads(value)
+                except json.JSONDecodeError:  # a Python list's str(), as SageMaker's toolkit passes it
+                    import ast
+
+                    return ast.literal_eval(value)
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 

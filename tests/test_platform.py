@@ -124,3 +124,18 @@ def test_sagemaker_hyperparameters_as_the_platform_writes_them(tmp_path):
     # A genuinely unknown launcher key is still an error with a hint.
     with pytest.raises(SpecError, match="unknown key 'lora_rank'. Did you mean 'lora_r'"):
         TrainConfig.from_mapping({**plat.hyperparameters, "lora_rank": '"8"'})
+
+
+def test_the_training_toolkits_arguments_do_not_override_what_sagemaker_wrote(tmp_path):
+    """Script mode passes hyperparameters again as --key value after json.loads and str(): a list comes
+    as "['q_proj', 'v_proj']" and a boolean as "False"; the file is what counts, and either parses."""
+    root = tmp_path / "opt-ml"
+    (root / "input/config").mkdir(parents=True)
+    (root / "input/config/hyperparameters.json").write_text(json.dumps({"target_modules": '["q_proj", "v_proj"]', "packing": "false"}))
+    argv = ["--packing", "False", "--target_modules", "['q_proj', 'v_proj']", "--lora_r", "8"]
+    plat = platform.detect(argv, {"SAGEMAKER_BASE_DIR": str(root), "SM_MODEL_DIR": str(tmp_path / "model")})
+    assert plat.hyperparameters["target_modules"] == '["q_proj", "v_proj"]' and plat.model_dir == tmp_path / "model"
+    config = TrainConfig.from_mapping(plat.hyperparameters)
+    assert (config.target_modules, config.packing, config.lora_r) == (["q_proj", "v_proj"], False, 8)
+    assert TrainConfig.from_mapping({"target_modules": "['q_proj', 'v_proj']"}).target_modules == ["q_proj", "v_proj"]
+    assert plat.checkpoint_dir == root / "checkpoints"  # SAGEMAKER_BASE_DIR stands in for /opt/ml

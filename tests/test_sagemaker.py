@@ -296,3 +296,19 @@ def test_a_stopped_job_resumes_as_the_next_attempt_on_the_same_checkpoints(aws, 
     assert not resumed.reattached and resumed.ref.native_id == f"{first.job_id}-a2" and resumed.ref.attempt == 2
     assert sent[0]["CheckpointConfig"]["S3Uri"] == f"s3://ml-bucket/launcher/jobs/{first.job_id}/checkpoints/"
     assert api.attach(first.job_id).ref.native_id == f"{first.job_id}-a2"
+
+
+def test_the_job_reads_the_hub_token_from_the_secret_its_environment_names(aws, monkeypatch):
+    from entrypoints import models
+    from launcher.spec import TrainConfig
+
+    arn = boto3.client("secretsmanager").describe_secret(SecretId="hf-token")["ARN"]
+    monkeypatch.setenv("HF_TOKEN", "")  # unset for the job (and restored after the test)
+    monkeypatch.setenv("LAUNCHER_HF_TOKEN_SECRET", arn)
+    assert models.hub_token(TrainConfig()) == SECRET
+    monkeypatch.setenv("LAUNCHER_HF_TOKEN_SECRET", "arn:aws:secretsmanager:us-east-1:123456789012:secret:missing")
+    monkeypatch.setenv("HF_TOKEN", "")
+    from launcher.errors import NotFoundError
+
+    with pytest.raises((NotFoundError, BackendError), match="To fix"):
+        models.hub_token(TrainConfig())
