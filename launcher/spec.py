@@ -318,6 +318,9 @@ class SageMakerSection(StrictModel):
     # A custom image in ECR (its entry point runs the training entrypoint); None: AWS's PyTorch training
     # image (resolved with sagemaker-core, the sagemaker-images extra) running the source bundle.
     image_uri: str | None = None
+    # The image that runs the source bundle in script mode (an AWS deep-learning image URI); None: looked
+    # up for the region and instance (LAUNCHER_SAGEMAKER_SCRIPT_IMAGE, else sagemaker-core).
+    script_image: str | None = None
     framework_version: str = "2.8.0"
     py_version: str = "py312"
     volume_gb: PositiveInt = 100

@@ -80,3 +80,24 @@ def test_smollm2_spec_names_the_linked_gguf_relative_to_itself():
     assert (EXAMPLES / "fin-summary-smollm2.yaml").read_text().startswith(
         "# launcher train examples/fin-summary-smollm2.yaml --backend local\n"
     )
+
+
+def test_the_sagemaker_example_dry_runs_against_moto(moto_server, monkeypatch):
+    import boto3
+    from typer.testing import CliRunner
+
+    from launcher.cli.main import app
+
+    assert (EXAMPLES / "fin-summary-sagemaker.yaml").read_text().startswith(
+        "# launcher train examples/fin-summary-sagemaker.yaml --backend sagemaker\n")
+    boto3.client("s3").create_bucket(Bucket="demo-bucket")
+    monkeypatch.setenv("LAUNCHER_SAGEMAKER_ROLE_ARN", "arn:aws:iam::123456789012:role/launcher")
+    monkeypatch.setenv("LAUNCHER_SAGEMAKER_BUCKET", "demo-bucket")
+    monkeypatch.setenv("LAUNCHER_SAGEMAKER_SCRIPT_IMAGE", "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.8.0-gpu-py312")
+    result = CliRunner().invoke(app, ["train", str(EXAMPLES / "fin-summary-sagemaker.yaml"), "--backend", "sagemaker", "--dry-run", "--json"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)["request"]["CreateTrainingJob"]
+    assert body["ResourceConfig"]["InstanceType"] == "ml.g5.xlarge" and body["EnableManagedSpotTraining"] is True
+    assert body["HyperParameters"]["sagemaker_program"] == "launcher_train.py"
+    assert boto3.client("s3").list_objects_v2(Bucket="demo-bucket").get("KeyCount", 0) == 0  # nothing staged

@@ -80,8 +80,8 @@ def test_data_and_code_are_uploaded_once(aws, monkeypatch):
     spec = json.loads(aws.read_text())
     del spec["sagemaker"]["image_uri"]  # AWS's image running the source bundle
     aws.write_text(json.dumps(spec))
-    monkeypatch.setattr(sm, "resolve_image", lambda region, instance, options: "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.8.0-gpu-py312")
-    monkeypatch.setattr(sm, "_require_image_resolver", lambda: None)
+    dlc = "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.8.0-gpu-py312"
+    monkeypatch.setenv("LAUNCHER_SAGEMAKER_SCRIPT_IMAGE", dlc)
     puts = calls("PutObject")
     first = api.launch(aws, backend="sagemaker")
     assert sorted(p["Key"].rsplit("/", 1)[-1] for p in puts) == sorted(["train.jsonl", "_complete", puts[-1]["Key"].rsplit("/", 1)[-1]])
@@ -89,7 +89,9 @@ def test_data_and_code_are_uploaded_once(aws, monkeypatch):
     from launcher import bundle
 
     code = f"s3://ml-bucket/launcher/bundles/{bundle.build().name}"
-    hyper = sm.SageMakerBackend()._describe(first.ref)["HyperParameters"]
+    job = sm.SageMakerBackend()._describe(first.ref)
+    assert job["AlgorithmSpecification"]["TrainingImage"] == dlc
+    hyper = job["HyperParameters"]
     assert hyper["sagemaker_submit_directory"] == code and hyper["sagemaker_program"] == "launcher_train.py"
     archive = boto3.client("s3").get_object(Bucket="ml-bucket", Key=code.removeprefix("s3://ml-bucket/"))["Body"].read()
     names = tarfile.open(fileobj=io.BytesIO(archive)).getnames()

@@ -123,7 +123,7 @@ class SageMakerBackend(Backend):
         for channel, uri in spec.data.channels().items():
             if uri.startswith("gs://"):
                 raise SpecError(f"data.{channel} = '{uri}': SageMaker reads S3 and local files. To fix: copy it to S3 or a local path")
-        if not spec.sagemaker.image_uri:
+        if not spec.sagemaker.image_uri and not script_image(spec.sagemaker.model_dump()):
             _require_image_resolver()
         accelerator = spec.compute.accelerator
         if accelerator is not None and gpus > accelerator.count:
@@ -153,7 +153,7 @@ class SageMakerBackend(Backend):
         if bundle_uri is not None:  # AWS's image runs our bundle in script mode
             hyperparameters |= {"sagemaker_program": "launcher_train.py", "sagemaker_submit_directory": bundle_uri,
                                 "sagemaker_region": place.region, "sagemaker_container_log_level": "20"}
-            image = image or resolve_image(place.region, instance, options)
+            image = script_image(options) or resolve_image(place.region, instance, options)
         environment = {"HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"}
         if options.get("hf_token_secret"):
             environment["LAUNCHER_HF_TOKEN_SECRET"] = options["hf_token_secret"]
@@ -442,6 +442,11 @@ def _billing(job: dict[str, Any]) -> str:
         return ""
     saving = 100.0 * (1 - billed / trained) if job.get("EnableManagedSpotTraining") else 0.0
     return f"trained {trained} s, billed {billed} s" + (f" (spot saved {saving:.0f}%)" if saving > 0 else "")
+
+
+def script_image(options: dict[str, Any]) -> str | None:
+    """The image the spec (or LAUNCHER_SAGEMAKER_SCRIPT_IMAGE) names to run the source bundle."""
+    return options.get("script_image") or os.environ.get("LAUNCHER_SAGEMAKER_SCRIPT_IMAGE") or None
 
 
 def resolve_image(region: str, instance: str, options: dict[str, Any]) -> str:
