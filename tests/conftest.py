@@ -204,3 +204,15 @@ def install_local_job(job_id: str, model_source):
     (folder / "job.json").write_text(json.dumps({"job_id": job_id, "name": job_id.split("-run")[0], "created_at": "2026-12-01T10:00:00Z"}))
     (folder / "state.json").write_text(json.dumps({"state": "SUCCEEDED", "attempt": 1}))
     return folder / "model"
+
+
+@pytest.fixture
+def sagemaker_fake(moto_server, tmp_path):
+    """moto's SageMaker with training jobs that really run (tests/fakes/sagemaker.py): the created job's
+    program runs under the real sagemaker-training toolkit in a temporary /opt/ml root under tmp_path.
+    Yields the fake's control API (refuse_quota, interrupt, wait, roots); at the end every job's processes
+    are killed and moto is restored."""
+    from fakes.sagemaker import SageMakerFake
+
+    with SageMakerFake(moto_server, workdir=tmp_path / "sagemaker") as fake:
+        yield fake
