@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 CHECKPOINT_PATH = "/opt/ml/checkpoints"
 _NAME = re.compile(r"^(?P<job>.+)-a(?P<attempt>\d+)$")
+_CHECKPOINT = re.compile(r"/step-(\d+)/complete\.json$")  # a complete checkpoint's marker (entrypoints/checkpoint.py)
 # CloudWatch metrics from the lines the entrypoint prints (tests match them against its real output).
 METRIC_DEFINITIONS = [
     {"Name": "train:loss", "Regex": r"step \d+/\d+ loss ([0-9.eE+-]+)"},
@@ -281,34 +282,27 @@ class SageMakerBackend(Backend):
                    "console": CONSOLE.format(region=region, name=name),
                    "checkpoints": (job.get("CheckpointConfig") or {}).get("S3Uri", "")},
         )
+        marks = self._checkpoints(job)
+        info.checkpoint_step = max(marks)[1] if marks else None
         if state is JobState.RUNNING and job.get("EnableManagedSpotTraining"):
-            stale = self._stale_checkpoints(job)
+            stale = _stale_checkpoints(job, sorted(when for when, _ in marks))
             if stale:
                 info.message = f"{info.message}; {stale}" if info.message else stale
         return info
 
-    def _stale_checkpoints(self, job: dict[str, Any]) -> str:
-        """A warning when checkpoint uploads seem to have stopped: the newest complete checkpoint is older
-        than three of the intervals between the last ones (or no checkpoint after an hour of training)."""
+    def _checkpoints(self, job: dict[str, Any]) -> list[tuple[Any, int]]:
+        """(upload time, step) of each complete checkpoint under the job's checkpoint prefix: those whose
+        completion marker, which the entrypoint writes last, has been uploaded."""
         uri = (job.get("CheckpointConfig") or {}).get("S3Uri")
-        started = job.get("TrainingStartTime")
-        if not uri or started is None:
-            return ""
+        if not uri:
+            return []
         bucket, _, prefix = uri.removeprefix("s3://").partition("/")
         s3 = self._client("s3")
         with _errors(uri, "s3:ListBucket"):
             pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-            marks = sorted(o["LastModified"] for page in pages for o in page.get("Contents", []) if o["Key"].endswith("/complete.json"))
-        now = time.time()
-        if not marks:
-            age = now - started.timestamp()
-            return f"no checkpoint under {uri} after {age / 60:.0f} min of training" if age > 3600 else ""
-        newest = marks[-1].timestamp()
-        interval = newest - marks[-2].timestamp() if len(marks) > 1 else 0
-        if interval and now - newest > 3 * max(interval, 60):
-            return (f"no checkpoint uploaded for {(now - newest) / 60:.0f} min (they came every {interval / 60:.0f} min): "
-                    f"uploads to {uri} may have stopped")
-        return ""
+            objects = [o for page in pages for o in page.get("Contents", [])]
+        found = ((o["LastModified"], _CHECKPOINT.search(o["Key"])) for o in objects)
+        return [(when, int(match[1])) for when, match in found if match]
 
     def logs(self, ref: JobRef, follow: bool = False) -> Iterator[str]:
         """Every stream of the job (one per instance and platform attempt), oldest first; with ``follow``,
@@ -434,6 +428,25 @@ def job_state(job: dict[str, Any]) -> tuple[JobState, str]:
             return JobState.INTERRUPTED, f"stopped by SageMaker ({secondary}) after a checkpoint. To fix: submit it again to resume"
         return JobState.CANCELLED, "stopped by user; submit it again to resume from its checkpoint"
     return JobState.PENDING, status
+
+
+def _stale_checkpoints(job: dict[str, Any], marks: list[Any]) -> str:
+    """A warning when checkpoint uploads seem to have stopped: the newest complete checkpoint is older
+    than three of the intervals between the last ones (or no checkpoint after an hour of training)."""
+    uri = (job.get("CheckpointConfig") or {}).get("S3Uri")
+    started = job.get("TrainingStartTime")
+    if started is None:
+        return ""
+    now = time.time()
+    if not marks:
+        age = now - started.timestamp()
+        return f"no checkpoint under {uri} after {age / 60:.0f} min of training" if age > 3600 else ""
+    newest = marks[-1].timestamp()
+    interval = newest - marks[-2].timestamp() if len(marks) > 1 else 0
+    if interval and now - newest > 3 * max(interval, 60):
+        return (f"no checkpoint uploaded for {(now - newest) / 60:.0f} min (they came every {interval / 60:.0f} min): "
+                f"uploads to {uri} may have stopped")
+    return ""
 
 
 def _billing(job: dict[str, Any]) -> str:
