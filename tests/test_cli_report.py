@@ -1,5 +1,5 @@
-"""``report``, ``review`` and the training summary as a user reads them: one way to show a change, a
-reviewers' CSV without a BOM, a partial import that says what it left out."""
+"""``report``, ``metrics``, ``review`` and the training summary as a user reads them: one way to show a
+change, a reviewers' CSV without a BOM, a partial import that says what it left out."""
 
 from __future__ import annotations
 
@@ -45,6 +45,9 @@ def test_the_eval_loss_change_reads_the_same_in_the_summary_the_report_and_the_t
     result = cli("report", JOB_ID)
     assert result.exit_code == 0, result.output
     assert re.search(r"eval loss\s+│\s+8\.1246\s+│\s+0\.5000\s+│\s+-93\.8%", result.stdout), result.stdout
+    shown = cli("metrics", JOB_ID)  # the same table without writing a report
+    assert shown.exit_code == 0 and re.search(r"eval loss\s+│\s+8\.1246\s+│\s+0\.5000\s+│\s+-93\.8%", shown.stdout)
+    assert json.loads(cli("metrics", JOB_ID, "--json").stdout) == metrics
     page = (model_dir / "report.html").read_text(encoding="utf-8")
     assert "<td>loss</td><td class='num'>8.1246</td><td class='num'>0.5000</td><td class='num'>-93.8%</td>" in page
     # The other rows of the summary show their change the way the report does too.

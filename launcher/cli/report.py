@@ -19,7 +19,7 @@ from launcher.errors import UserInputError
 def register(app: typer.Typer) -> None:
     @app.command()
     def report(
-        job: str = typer.Argument(..., help="A local job id, or the path of a job's model dir."),
+        job: str = typer.Argument(..., help="A job id (any backend), or the path of a job's model dir."),
         out: Path = typer.Option(None, "--out", "-o", help="The HTML file to write (default: MODEL_DIR/report.html)."),
         as_json: bool = json_option(),
     ) -> None:
@@ -37,8 +37,19 @@ def register(app: typer.Typer) -> None:
         output({"job": model.job_id, "report": str(target), "metrics": model.metrics}, as_json, render)
 
     @app.command()
+    def metrics(
+        job: str = typer.Argument(..., help="A job id (any backend: a cloud job's model is downloaded once), or a model dir."),
+        as_json: bool = json_option(),
+    ) -> None:
+        """Print a finished job's metrics: base vs tuned scores, eval loss, forgetting (--json: all of metrics.json)."""
+        from launcher.report import resolve_model_dir
+
+        model = resolve_model_dir(job)
+        output(model.metrics, as_json, lambda m: print_quality_table(m, title=f"{model.job_id}: base vs tuned"))
+
+    @app.command()
     def review(
-        job: str = typer.Argument(..., help="A local job id, or the path of a job's model dir."),
+        job: str = typer.Argument(..., help="A job id (any backend), or the path of a job's model dir."),
         out: Path = typer.Option(None, "--out", "-o", help="Export the samples to this CSV for reviewers."),
         import_path: Path = typer.Option(None, "--import", help="Import the reviewers' filled-in CSV into the job's metrics."),
         force: bool = typer.Option(False, "--force", help="With --out: overwrite an existing file."),
