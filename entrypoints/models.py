@@ -70,9 +70,10 @@ SECRET_ENV = "LAUNCHER_HF_TOKEN_SECRET"  # a secret's ARN or name; its value is 
 
 
 def hub_token(config: TrainConfig) -> str | None:
-    """The Hub token: the environment variable the job names (``hf_token_env``), or, on SageMaker, the
-    Secrets Manager secret whose ARN the job's environment carries (``LAUNCHER_HF_TOKEN_SECRET``),
-    read once at start. The value never travels in the job's request, settings or logs."""
+    """The Hub token: the environment variable the job names (``hf_token_env``), or the secret the job's
+    environment names in ``LAUNCHER_HF_TOKEN_SECRET``, read once at start: a Secret Manager version
+    (``projects/P/secrets/S/versions/V``, Vertex AI) or a Secrets Manager ARN or name (SageMaker). The
+    value never travels in the job's request, settings or logs."""
     token = os.environ.get(config.hf_token_env)
     if token:
         return token
@@ -81,6 +82,13 @@ def hub_token(config: TrainConfig) -> str | None:
         return None
     from launcher import clouds
 
+    if secret.startswith("projects/"):
+        with clouds.google_errors(f"secret {secret}", "secretmanager.versions.access",
+                                  missing=f"create the secret, or correct vertex.hf_token_secret ({secret})"):
+            name = secret if "/versions/" in secret else f"{secret}/versions/latest"
+            token = clouds.secret_manager_client().access_secret_version(name=name).payload.data.decode().strip()
+        os.environ[config.hf_token_env] = token
+        return token
     with clouds.aws_errors(f"secret {secret}", "secretsmanager:GetSecretValue",
                            missing=f"create the secret, or correct sagemaker.hf_token_secret ({secret})"):
         token = clouds.aws_client("secretsmanager").get_secret_value(SecretId=secret)["SecretString"].strip()

@@ -9,6 +9,10 @@ package mode) needs our code in the container. The bundle holds exactly that:
 * ``requirements.txt``: what the recipe needs, pinned to the versions this client has installed, so the
   job trains with the libraries it was planned and tested with (torch excepted: the image brings a CUDA
   build of its own).
+* ``pyproject.toml``, which makes the same tree a pip-installable package (setuptools; the same pinned
+  dependencies) for Vertex AI's ``python_package_spec``, which installs the package and runs
+  ``python -m entrypoints.train``. SageMaker's toolkit installs only ``requirements.txt``: it treats a
+  folder as a package when it has a ``setup.py``, which the bundle has not.
 
 The archive is deterministic (sorted members, fixed times, owners and modes, no gzip timestamp), so its
 SHA-256 names it: a backend uploads ``bundles/<sha256[:16]>.tar.gz`` once, and resubmitting unchanged code
@@ -36,7 +40,8 @@ sys.exit(main())
 '''
 # What the recipe imports at run time besides torch (the image's); pinned to this client's versions.
 REQUIREMENTS = ("transformers", "peft", "accelerate", "bitsandbytes", "tokenizers", "safetensors", "datasets",
-                "rouge_score", "sacrebleu", "gguf", "pydantic", "PyYAML", "rich", "boto3")
+                "rouge_score", "sacrebleu", "gguf", "pydantic", "PyYAML", "rich", "boto3",
+                "google-cloud-secret-manager")
 
 
 @dataclass(frozen=True)
@@ -74,9 +79,26 @@ def requirements() -> str:
     return "\n".join(lines) + "\n"
 
 
+def pyproject(pinned: str) -> str:
+    """The bundle's ``pyproject.toml``: the tree as a package named launcher-bundle, its data files kept."""
+    from launcher import __version__
+
+    dependencies = "".join(f'    "{line}",\n' for line in pinned.splitlines() if line)
+    return (
+        '[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = "setuptools.build_meta"\n\n'
+        f'[project]\nname = "launcher-bundle"\nversion = "{__version__}"\nrequires-python = ">=3.11"\n'
+        f"dependencies = [\n{dependencies}]\n\n"
+        '[tool.setuptools]\npy-modules = ["launcher_train"]\n\n'
+        '[tool.setuptools.packages.find]\ninclude = ["launcher*", "entrypoints*"]\n\n'
+        '[tool.setuptools.package-data]\n"*" = ["*.json", "*.yaml"]\n'
+    )
+
+
 def build() -> Bundle:
     """The bundle of the code this client would run (in memory: a few hundred KB)."""
-    members = [*_sources(), (PROGRAM, _PROGRAM_TEXT.encode()), ("requirements.txt", requirements().encode())]
+    pinned = requirements()
+    members = [*_sources(), (PROGRAM, _PROGRAM_TEXT.encode()), ("requirements.txt", pinned.encode()),
+               ("pyproject.toml", pyproject(pinned).encode())]
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name, content in sorted(members):

@@ -195,18 +195,34 @@ def logging_client(*, channel: Any = None) -> Any:
     """Cloud Logging's ``LoggingServiceV2Client`` (``list_log_entries``, ``tail_log_entries``), cached
     per thread. Cloud Logging has no emulator: ``LOGGING_EMULATOR_HOST=host:port`` or ``channel`` points
     it at a plaintext gRPC fake."""
-    purpose = "Reading Cloud Logging"
-    services = _require("google.cloud.logging_v2.services.logging_service_v2", "google-cloud-logging", "gcp", purpose)
-    emulator = os.environ.get("LOGGING_EMULATOR_HOST")
-    if channel is None and not emulator:
-        return _cached(("logging",), services.LoggingServiceV2Client)
+    services = _require("google.cloud.logging_v2.services.logging_service_v2", "google-cloud-logging", "gcp", "Reading Cloud Logging")
     from google.cloud.logging_v2.services.logging_service_v2.transports import LoggingServiceV2GrpcTransport
 
-    def build() -> Any:
-        transport = LoggingServiceV2GrpcTransport(channel=channel or _plaintext_channel(emulator), credentials=_anonymous())
-        return services.LoggingServiceV2Client(transport=transport)
+    return _emulated("LOGGING_EMULATOR_HOST", services.LoggingServiceV2Client, LoggingServiceV2GrpcTransport, channel)
 
-    return build() if channel is not None else _cached(("logging", emulator), build)
+
+def secret_manager_client(*, channel: Any = None) -> Any:
+    """Secret Manager's ``SecretManagerServiceClient`` (a job reads the Hub token with it), cached per
+    thread. Secret Manager has no emulator: ``SECRETMANAGER_EMULATOR_HOST=host:port`` or ``channel``
+    points it at a plaintext gRPC fake."""
+    secretmanager = _require("google.cloud.secretmanager_v1", "google-cloud-secret-manager", "gcp", "Reading a secret from Secret Manager")
+    from google.cloud.secretmanager_v1.services.secret_manager_service.transports import SecretManagerServiceGrpcTransport
+
+    return _emulated("SECRETMANAGER_EMULATOR_HOST", secretmanager.SecretManagerServiceClient, SecretManagerServiceGrpcTransport, channel)
+
+
+def _emulated(variable: str, client_class: Any, transport_class: Any, channel: Any) -> Any:
+    """A Google client, cached per thread: Google's endpoint, or with ``channel`` or ``$variable``
+    (``host:port``) the service's gRPC transport on a plaintext channel without credentials."""
+    emulator = os.environ.get(variable)
+    if channel is None and not emulator:
+        return _cached((client_class.__name__,), client_class)
+
+    def build() -> Any:
+        transport = transport_class(channel=channel or _plaintext_channel(emulator), credentials=_anonymous())
+        return client_class(transport=transport)
+
+    return build() if channel is not None else _cached((client_class.__name__, emulator), build)
 
 
 def _anonymous() -> Any:

@@ -163,6 +163,24 @@ def usable_bytes(kind: str) -> int:
     return int(info.get("usable_gib", info["memory_gib"]) * GIB)
 
 
+def machine_for(cloud: str, compute: Any) -> dict[str, Any]:
+    """The instance/machine type a job runs on in ``cloud``: ``compute.instance_type``, or the cheapest
+    type with the accelerator's GPU kind and at least its count (the table ``plan`` prices). The entry
+    of ``instance_types`` (gpus 0 for an unpriced explicit type)."""
+    types = {t["instance_type"]: t for t in instance_types() if t["cloud"] == cloud}
+    label = {"sagemaker": "SageMaker instance type", "vertex": "Vertex AI machine type"}.get(cloud, f"{cloud} type")
+    if compute.instance_type:
+        return types.get(compute.instance_type) or {"cloud": cloud, "instance_type": compute.instance_type, "gpu": None, "gpus": 0}
+    accelerator = compute.accelerator
+    if accelerator is None:
+        raise SpecError(f"a {cloud} job needs a GPU. To fix: set compute.accelerator (such as 'A100:1' or 'H100:1') or compute.instance_type")
+    fitting = [t for t in types.values() if t["gpu"] == accelerator.kind and t["gpus"] >= accelerator.count]
+    if not fitting:
+        kinds = sorted({t["gpu"] for t in types.values()})
+        raise SpecError(f"no {label} has {accelerator}. To fix: choose one of {', '.join(kinds)} (or set compute.instance_type)")
+    return min(fitting, key=lambda t: (t["gpus"], t["on_demand"]))
+
+
 def instance_types() -> list[dict[str, Any]]:
     """Every priced instance/machine type: cloud, type, gpu, gpus, on_demand, spot, spot_allowed."""
     prices = catalog.load("prices")

@@ -334,12 +334,21 @@ class SageMakerSection(StrictModel):
 
 
 class VertexSection(StrictModel):
-    project: str | None = None
-    region: str | None = None
-    staging_bucket: str | None = None
+    project: str | None = None  # default: LAUNCHER_VERTEX_PROJECT, GOOGLE_CLOUD_PROJECT
+    region: str | None = None  # default: LAUNCHER_VERTEX_REGION, GOOGLE_CLOUD_REGION
+    staging_bucket: str | None = None  # staging, outputs and checkpoints; default: LAUNCHER_VERTEX_BUCKET
+    prefix: str = "launcher"  # object prefix in the bucket
+    # A custom image in Artifact Registry (its entry point runs the training entrypoint); None: a prebuilt
+    # PyTorch training image runs the source bundle as a Python package.
     image_uri: str | None = None
-    service_account: str | None = None
-    network: str | None = None
+    # The prebuilt image that runs the bundle; None: LAUNCHER_VERTEX_EXECUTOR_IMAGE, else Vertex's PyTorch GPU image.
+    executor_image: str | None = None
+    service_account: str | None = None  # the service account the job runs as; None: the project's default
+    network: str | None = None  # projects/NUMBER/global/networks/NAME, for private training
+    boot_disk_gb: PositiveInt = 100
+    max_wait: int | None = None  # spot: seconds to wait for capacity; None: Vertex's default
+    hf_token_secret: str | None = None  # a Secret Manager version (projects/P/secrets/S/versions/latest) holding the Hub token
+    kms_key_name: str | None = None  # a Cloud KMS key (projects/P/locations/L/keyRings/R/cryptoKeys/K) for the job's resources
 
 
 _NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")

@@ -14,37 +14,6 @@ from launcher.errors import BackendError, MissingExtraError, NotFoundError, Spec
 
 
 @pytest.fixture
-def grpc_fake():
-    """``serve(service, {method: (request class, response class, handler)})`` starts a plaintext gRPC
-    server on a free port answering those methods (handler(request, context) -> response) and returns
-    its ``host:port``. The proto-plus classes are the client library's own."""
-    from concurrent import futures
-
-    import grpc
-
-    servers = []
-
-    def serve(service: str, methods: dict) -> str:
-        handlers = {
-            name: grpc.unary_unary_rpc_method_handler(handler, request_deserializer=request.deserialize,
-                                                      response_serializer=response.serialize)
-            for name, (request, response, handler) in methods.items()
-        }
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
-        port = server.add_insecure_port("127.0.0.1:0")
-        server.start()
-        servers.append(server)
-        return f"127.0.0.1:{port}"
-
-    clouds.reset()
-    yield serve
-    clouds.reset()
-    for server in servers:
-        server.stop(None)
-
-
-@pytest.fixture
 def no_aws_config(tmp_path, monkeypatch):
     """No region or profile from the environment or ~/.aws."""
     for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"):

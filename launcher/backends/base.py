@@ -16,8 +16,9 @@ are imported inside the backend's own module (through ``launcher.clouds``), neve
 from __future__ import annotations
 
 import enum
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -146,6 +147,14 @@ class LaunchRequest:
     attempt: int = 1
     identity: dict[str, Any] = field(default_factory=dict)  # what the job id hashes
 
+    def staged_channels(self, scheme: str, data_uri: str) -> dict[str, str]:
+        """channel -> the URI a cloud job reads it from: data already in the cloud's store (``scheme``,
+        ``s3://`` or ``gs://``) where it is, a local dataset under ``data_uri/<content digest>/<channel>/``
+        (its digest from the identity, so unchanged data has the same place and is uploaded once)."""
+        digests = self.identity.get("data", {})
+        return {channel: uri if uri.startswith(scheme) else f"{data_uri}/{digests.get(channel, 'local')[:16]}/{channel}/"
+                for channel, uri in self.channels.items()}
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "job_id": self.job_id, "backend": self.backend, "name": self.name, "run_name": self.run_name,
@@ -155,6 +164,23 @@ class LaunchRequest:
             "checkpoint_uri": self.checkpoint_uri, "image": self.image, "secrets": dict(self.secrets),
             "tags": dict(self.tags), "backend_options": dict(self.backend_options), "identity": self.identity,
         }
+
+
+def followed(read: Callable[[], Iterator[str]], active: Callable[[], bool], follow: bool) -> Iterator[str]:
+    """A cloud job's log lines: ``read()`` yields the lines not read yet (it keeps its own cursor); with
+    ``follow``, read again, backing off from 0.5 s to 5 s while nothing comes, until ``active()`` is
+    false, then read once more (what the job wrote last)."""
+    delay = 0.5
+    while True:
+        done = not follow or not active()
+        got = False
+        for line in read():
+            got = True
+            yield line
+        if done:
+            return
+        delay = 0.5 if got else min(5.0, delay * 2)
+        time.sleep(delay)
 
 
 class Backend(ABC):

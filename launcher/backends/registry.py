@@ -28,6 +28,8 @@ class BackendEntry:
 BACKENDS: dict[str, BackendEntry] = {
     "local": BackendEntry("launcher.backends.local:LocalBackend", None),
     "sagemaker": BackendEntry("launcher.backends.sagemaker:SageMakerBackend", "aws", ("boto3", "tenacity")),
+    "vertex": BackendEntry("launcher.backends.vertex:VertexBackend", "gcp",
+                           ("google.cloud.aiplatform_v1", "google.cloud.storage", "google.cloud.logging_v2", "tenacity")),
 }
 
 

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from launcher import clouds
-from launcher.backends.base import Backend, Feature, JobExists, JobInfo, JobRef, JobState, LaunchRequest
+from launcher.backends.base import Backend, Feature, JobExists, JobInfo, JobRef, JobState, LaunchRequest, followed
 from launcher.errors import BackendError, MissingExtraError, NotFoundError, SpecError
 
 if TYPE_CHECKING:
@@ -134,14 +134,7 @@ class SageMakerBackend(Backend):
 
     # --- the request -----------------------------------------------------------------------------------
     def _staged(self, request: LaunchRequest, place: Place) -> dict[str, str]:
-        """channel -> the S3 prefix the job reads it from (local data goes under its content digest)."""
-        staged = {}
-        for channel, uri in request.channels.items():
-            if uri.startswith("s3://"):
-                staged[channel] = uri
-            else:
-                staged[channel] = place.uri("data", request.identity.get("data", {}).get(channel, "local")[:16], channel) + "/"
-        return staged
+        return request.staged_channels("s3://", place.uri("data"))
 
     def body(self, request: LaunchRequest, place: Place, staged: dict[str, str], bundle_uri: str | None) -> dict[str, Any]:
         """The CreateTrainingJob request for ``request`` (what ``--dry-run`` shows)."""
@@ -310,10 +303,8 @@ class SageMakerBackend(Backend):
         name = ref.native_id or (self.find(ref.job_id) or ref).native_id
         client = self._client("logs", ref.location.get("region"))
         tokens: dict[str, str | None] = {}
-        delay = 0.5
-        while True:
-            done = not follow or not self.status(ref).state.active
-            got = False
+
+        def read() -> Iterator[str]:
             with _errors(f"log group {LOG_GROUP}", "logs:DescribeLogStreams"):
                 try:
                     streams = [s["logStreamName"] for s in client.describe_log_streams(
@@ -330,15 +321,12 @@ class SageMakerBackend(Backend):
                     with _errors(f"log stream {stream}", "logs:GetLogEvents"):
                         page = client.get_log_events(**kwargs)
                     for event in page.get("events", []):
-                        got = True
                         yield event["message"]
                     if page.get("nextForwardToken") == tokens.get(stream):
                         break
                     tokens[stream] = page.get("nextForwardToken")
-            if done:
-                return
-            delay = 0.5 if got else min(5.0, delay * 2)
-            time.sleep(delay)
+
+        return followed(read, lambda: self.status(ref).state.active, follow)
 
     def cancel(self, ref: JobRef) -> JobInfo:
         info = self.status(ref)
@@ -379,23 +367,11 @@ def native_name(job_id: str, attempt: int) -> str:
 
 
 def instance_type(compute) -> tuple[str, int]:
-    """(instance type, its GPU count): ``compute.instance_type``, or the cheapest SageMaker type with the
-    accelerator's GPU kind and at least its count (the catalog ``launcher plan`` prices)."""
-    from launcher.plan import instance_types
+    """(instance type, its GPU count) for the spec's compute: the mapping ``launcher plan`` prices."""
+    from launcher.plan import machine_for
 
-    types = {t["instance_type"]: t for t in instance_types() if t["cloud"] == "sagemaker"}
-    if compute.instance_type:
-        entry = types.get(compute.instance_type)
-        return compute.instance_type, entry["gpus"] if entry else 0
-    accelerator = compute.accelerator
-    if accelerator is None:
-        raise SpecError("a SageMaker job needs a GPU. To fix: set compute.accelerator (such as 'A10G:1' or 'H100:1') or compute.instance_type")
-    fitting = [t for t in types.values() if t["gpu"] == accelerator.kind and t["gpus"] >= accelerator.count]
-    if not fitting:
-        kinds = sorted({t["gpu"] for t in types.values()})
-        raise SpecError(f"no SageMaker instance type has {accelerator}. To fix: choose one of {', '.join(kinds)} (or set compute.instance_type)")
-    best = min(fitting, key=lambda t: (t["gpus"], t["on_demand"]))
-    return best["instance_type"], best["gpus"]
+    entry = machine_for("sagemaker", compute)
+    return entry["instance_type"], entry["gpus"]
 
 
 def _spot_allowed(instance: str) -> bool:
