@@ -101,11 +101,12 @@ def test_data_and_code_are_uploaded_once(aws, monkeypatch):
     assert second.job_id != first.job_id and puts == []
 
 
-def test_a_retried_launch_never_creates_a_second_job(aws):
+def test_a_retried_launch_never_creates_a_second_job(aws, monkeypatch):
+    monkeypatch.delenv("AWS_DEFAULT_REGION")  # the region is the spec's alone: the look-up must use it too
     first = api.launch(aws, backend="sagemaker")
     again = api.launch(aws, backend="sagemaker")  # moto completes jobs at once: re-attaches to SUCCEEDED
     assert again.reattached and again.job_id == first.job_id
-    assert [j["TrainingJobName"] for j in boto3.client("sagemaker").list_training_jobs()["TrainingJobSummaries"]] == [f"{first.job_id}-a1"]
+    assert [j["TrainingJobName"] for j in boto3.client("sagemaker", region_name="us-east-1").list_training_jobs()["TrainingJobSummaries"]] == [f"{first.job_id}-a1"]
 
 
 def test_a_create_whose_answer_was_lost_re_attaches(aws):

@@ -112,12 +112,18 @@ class SageMakerBackend(Backend):
         return bool(credentials and (env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or (Path.home() / ".aws" / "config").is_file()))
 
     def _client(self, service: str, region: str | None = None):
-        return clouds.aws_client(service, region or clouds.aws_region(None, service="sagemaker"))
+        return clouds.aws_client(service, region or self._region())
+
+    def _region(self) -> str:
+        """The spec's region once ``check`` has seen a spec (``launch`` checks before it looks the job
+        up), else the environment's or profile's."""
+        return clouds.aws_region(getattr(self, "_options", {}).get("region"), service="sagemaker")
 
     def check(self, spec: JobSpec) -> list[str]:
         warnings = super().check(spec)
         options = spec.sagemaker.model_dump(mode="json")
         self._place(options)
+        self._options = options
         instance, gpus = instance_type(spec.compute)
         if spec.compute.spot and not _spot_allowed(instance):
             raise SpecError(f"SageMaker offers no managed spot training on {instance}. To fix: compute.spot: false, or another accelerator")
@@ -206,7 +212,7 @@ class SageMakerBackend(Backend):
         if not names:
             return None
         attempt, name = max(names)
-        return JobRef(self.name, job_id, native_id=name, location={"region": clouds.aws_region(None, service="sagemaker")}, attempt=attempt)
+        return JobRef(self.name, job_id, native_id=name, location={"region": self._region()}, attempt=attempt)
 
     def submit(self, request: LaunchRequest) -> JobRef:
         from launcher import bundle
@@ -263,7 +269,7 @@ class SageMakerBackend(Backend):
         job = self._describe(ref)
         state, message = job_state(job)
         name = job["TrainingJobName"]
-        region = ref.location.get("region") or clouds.aws_region(None, service="sagemaker")
+        region = ref.location.get("region") or self._region()
         match = _NAME.match(name)
         info = JobInfo(
             job_id=ref.job_id, backend=self.name, state=state, name=ref.job_id.rsplit("-", 2)[0],
@@ -345,7 +351,7 @@ class SageMakerBackend(Backend):
                     if match and int(match["attempt"]) > latest.get(match["job"], (0, ""))[0]:
                         latest[match["job"]] = (int(match["attempt"]), summary["TrainingJobName"])
         found = []
-        region = clouds.aws_region(None, service="sagemaker")
+        region = self._region()
         for job_id, (attempt, name) in latest.items():
             info = self.status(JobRef(self.name, job_id, native_id=name, location={"region": region}, attempt=attempt))
             tags = self._tags(info.extra["arn"])

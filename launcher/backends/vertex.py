@@ -107,7 +107,7 @@ class VertexBackend(Backend):
         loc = ref.location
         if loc.get("project") and loc.get("region") and loc.get("bucket"):
             return Place(loc["project"], loc["region"], loc["bucket"], loc.get("prefix", "launcher"))
-        return self._place({})
+        return self._place(getattr(self, "_options", {}))
 
     def configured(self) -> bool:
         """A project and credentials the client would find without the network (or an emulator)."""
@@ -120,6 +120,7 @@ class VertexBackend(Backend):
         warnings = super().check(spec)
         options = spec.vertex.model_dump(mode="json")
         self._place(options)
+        self._options = options  # launch checks, then looks the job up: with the spec's project and region
         machine = machine_spec(spec.compute)
         if spec.compute.spot and not machine["spot_allowed"]:
             raise SpecError(f"Vertex AI offers no Spot VMs for {machine['machine_type']}. To fix: compute.spot: false, or another accelerator")
@@ -215,7 +216,7 @@ class VertexBackend(Backend):
                       attempt=int(job.labels.get(ATTEMPT_LABEL, "1")))
 
     def find(self, job_id: str) -> JobRef | None:
-        place = self._place({})
+        place = self._place(getattr(self, "_options", {}))
         jobs = self._jobs(place, job_id)
         if not jobs:
             return None
@@ -353,7 +354,7 @@ class VertexBackend(Backend):
         return self.status(ref)
 
     def list(self, state: JobState | None = None) -> list[JobInfo]:
-        place = self._place({})
+        place = self._place(getattr(self, "_options", {}))
         latest: dict[str, Any] = {}
         for job in self._jobs(place):
             job_id = job.labels[JOB_LABEL]
