@@ -204,6 +204,10 @@ def test_a_restarted_worker_resumes_from_its_synced_checkpoint(vertex_fake, buck
     name = client.create_custom_job(parent=PARENT, custom_job=python_job(
         package, "resume", args=["--steps=8", "--sleep=0.25"], scheduling={"strategy": "SPOT"})).name
     wait_for_line(name, "checkpointed step 2")
+    deadline = time.monotonic() + 5
+    while not bucket.blob("runs/resume/checkpoints/state.json").exists():  # written through while it runs
+        assert time.monotonic() < deadline and client.get_custom_job(name=name).state == JobState.JOB_STATE_RUNNING
+        time.sleep(0.05)
     vertex_fake.restart_worker(name)
     assert client.get_custom_job(name=name).state == JobState.JOB_STATE_RUNNING
     assert vertex_fake.wait(name) == "JOB_STATE_SUCCEEDED"
