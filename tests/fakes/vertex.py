@@ -115,7 +115,7 @@ from google.cloud.logging_v2.services.logging_service_v2.transports import Loggi
 from google.cloud.logging_v2.types import ListLogEntriesRequest, ListLogEntriesResponse, LogEntry
 from google.logging.type import log_severity_pb2
 from google.longrunning import operations_pb2, operations_pb2_grpc
-from google.protobuf import any_pb2, empty_pb2, json_format, timestamp_pb2
+from google.protobuf import empty_pb2, json_format, timestamp_pb2
 from google.rpc import status_pb2
 
 JobState = aiplatform_v1.JobState
