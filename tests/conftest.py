@@ -249,3 +249,26 @@ def sagemaker_fake(moto_server, tmp_path):
 
     with SageMakerFake(moto_server, workdir=tmp_path / "sagemaker") as fake:
         yield fake
+
+
+@pytest.fixture
+def vertex_fake(gcs_emulator, monkeypatch, tmp_path):
+    """Vertex AI's JobService and Cloud Logging with CustomJobs that really run (tests/fakes/vertex.py),
+    on one plaintext gRPC port that VERTEX_EMULATOR_HOST and LOGGING_EMULATOR_HOST name; the jobs read
+    and write the gcs_emulator through a mirror folder under tmp_path. Yields the fake's control API
+    (requests, jobs, job, wait, refuse_quota, fail_next, restart_worker, restarts, faults, mirror, pids);
+    at the end every job's processes are killed and the server stops."""
+    from fakes.vertex import VertexFake
+
+    from launcher import clouds
+
+    fake = VertexFake(workdir=tmp_path / "vertex", sync_interval_s=0.2, grace_s=5.0)
+    address = fake.start()
+    monkeypatch.setenv("VERTEX_EMULATOR_HOST", address)
+    monkeypatch.setenv("LOGGING_EMULATOR_HOST", address)
+    clouds.reset()
+    try:
+        yield fake
+    finally:
+        clouds.reset()
+        fake.close()
