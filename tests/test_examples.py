@@ -101,3 +101,22 @@ def test_the_sagemaker_example_dry_runs_against_moto(moto_server, monkeypatch):
     assert body["ResourceConfig"]["InstanceType"] == "ml.g5.xlarge" and body["EnableManagedSpotTraining"] is True
     assert body["HyperParameters"]["sagemaker_program"] == "launcher_train.py"
     assert boto3.client("s3").list_objects_v2(Bucket="demo-bucket").get("KeyCount", 0) == 0  # nothing staged
+
+
+def test_the_vertex_example_dry_runs_without_staging(gcs_emulator, monkeypatch):
+    from typer.testing import CliRunner
+
+    from launcher import clouds
+    from launcher.cli.main import app
+
+    assert (EXAMPLES / "fin-summary-vertex.yaml").read_text().startswith("# launcher train examples/fin-summary-vertex.yaml --backend vertex\n")
+    clouds.gcs_client().create_bucket("demo-bucket")
+    monkeypatch.setenv("LAUNCHER_VERTEX_PROJECT", "test-project")
+    monkeypatch.setenv("LAUNCHER_VERTEX_BUCKET", "demo-bucket")
+    result = CliRunner().invoke(app, ["train", str(EXAMPLES / "fin-summary-vertex.yaml"), "--backend", "vertex", "--dry-run", "--json"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    job = json.loads(result.stdout)["request"]["CreateCustomJob"]["custom_job"]
+    (pool,) = job["job_spec"]["worker_pool_specs"]
+    assert pool["machine_spec"]["accelerator_type"] == "NVIDIA_L4" and job["job_spec"]["scheduling"]["strategy"] == "SPOT"
+    assert list(clouds.gcs_client().list_blobs("demo-bucket")) == []  # nothing staged
