@@ -272,3 +272,73 @@ def vertex_fake(gcs_emulator, monkeypatch, tmp_path):
     finally:
         clouds.reset()
         fake.close()
+
+
+# --- the README's by-hand servers (tests/fakes/aws_server.py, gcp_server.py) as a shell runs them -------
+class HandStarted:
+    """A by-hand server script in its own process; ``env`` is the environment its ``export`` lines
+    print (on top of this process's, with LAUNCHER_HOME under the test's folder); ``cli`` runs the
+    launcher CLI as a separate process in that environment, from the repository root."""
+
+    REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+    def __init__(self, script: str, *args: str, home):
+        import subprocess
+        import sys
+
+        self.process = subprocess.Popen([sys.executable, str(self.REPO / "tests" / "fakes" / script), *args],
+                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.printed: dict[str, str] = {}
+        for line in self.process.stdout:
+            if line.startswith("export "):
+                key, _, value = line.removeprefix("export ").strip().partition("=")
+                self.printed[key] = value
+            elif "ready on" in line:
+                break
+        self.env = {**os.environ, **self.printed, "LAUNCHER_HOME": str(home)}
+
+    def cli(self, *args: str, check: bool = True):
+        import subprocess
+        import sys
+
+        done = subprocess.run([sys.executable, "-m", "launcher.cli.main", *args], cwd=self.REPO, env=self.env,
+                              capture_output=True, text=True, timeout=120)
+        assert not check or done.returncode == 0, done.stdout + done.stderr
+        return done
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+
+
+@pytest.fixture
+def hand_started(tmp_path):
+    """``hand_started(script, *args)``: a HandStarted server, stopped after the test."""
+    servers = []
+
+    def start(script: str, *args: str) -> HandStarted:
+        servers.append(HandStarted(script, *args, "--workdir", str(tmp_path / "jobs"), home=tmp_path / "home"))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def walk_through(server: HandStarted, spec: str, backend: str) -> None:
+    """The README's offline walk-through up to the cancel: submit detached, the program's lines in
+    ``logs``, RUNNING, cancel, then CANCELLED."""
+    import json
+    import time
+
+    job_id = json.loads(server.cli("train", spec, "--backend", backend, "--detach", "--json").stdout)["job_id"]
+    deadline = time.monotonic() + 120
+    while "batches: " not in server.cli("logs", job_id).stdout:  # the program runs under the platform
+        assert time.monotonic() < deadline, server.cli("status", job_id).stdout
+        time.sleep(1)
+    assert json.loads(server.cli("status", job_id, "--json").stdout)["state"] == "RUNNING"
+    assert job_id in server.cli("cancel", job_id).stdout
+    while (state := json.loads(server.cli("status", job_id, "--json").stdout)["state"]) == "STOPPING":
+        assert time.monotonic() < deadline
+        time.sleep(1)
+    assert state == "CANCELLED"

@@ -131,46 +131,9 @@ def test_a_quota_refusal_is_one_line_naming_the_quota(job_spec, sagemaker_fake):
     assert boto3.client("sagemaker").list_training_jobs()["TrainingJobSummaries"] == []
 
 
-def test_the_readme_walk_through_against_a_server_started_by_hand(tmp_path):
+def test_the_readme_walk_through_against_a_server_started_by_hand(hand_started):
     """The README's offline SageMaker section, as a shell runs it: tests/fakes/aws_server.py in its own
     process, its printed environment, then the CLI as separate processes on the example spec."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+    from conftest import free_port, walk_through
 
-    from conftest import free_port
-
-    repo = Path(__file__).resolve().parents[1]
-    server = subprocess.Popen([sys.executable, str(repo / "tests/fakes/aws_server.py"), "--port", str(free_port()),
-                               "--workdir", str(tmp_path / "jobs")], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        env = {**os.environ, "LAUNCHER_HOME": str(tmp_path / "home")}
-        for line in server.stdout:
-            if line.startswith("export "):
-                key, _, value = line.removeprefix("export ").strip().partition("=")
-                env[key] = value
-            elif "ready on" in line:
-                break
-
-        def launcher(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-            done = subprocess.run([sys.executable, "-m", "launcher.cli.main", *args], cwd=repo, env=env,
-                                  capture_output=True, text=True, timeout=120)
-            assert not check or done.returncode == 0, done.stdout + done.stderr
-            return done
-
-        submitted = launcher("train", "examples/fin-summary-sagemaker.yaml", "--backend", "sagemaker", "--detach", "--json")
-        job_id = json.loads(submitted.stdout)["job_id"]
-        deadline = time.monotonic() + 120
-        while "batches: " not in launcher("logs", job_id).stdout:  # the program runs under the toolkit
-            assert time.monotonic() < deadline, launcher("status", job_id).stdout
-            time.sleep(1)
-        assert json.loads(launcher("status", job_id, "--json").stdout)["state"] == "RUNNING"
-        assert job_id in launcher("cancel", job_id).stdout
-        while (state := json.loads(launcher("status", job_id, "--json").stdout)["state"]) == "STOPPING":
-            assert time.monotonic() < deadline
-            time.sleep(1)
-        assert state == "CANCELLED"
-    finally:
-        server.terminate()
-        server.wait(30)
+    walk_through(hand_started("aws_server.py", "--port", str(free_port())), "examples/fin-summary-sagemaker.yaml", "sagemaker")

@@ -301,28 +301,18 @@ def test_container_spec_runs_its_command_with_args_env_and_the_gcs_mount(vertex_
 
 
 @pytest.mark.slow
-def test_the_by_hand_server_prints_its_environment_and_runs_a_job(tmp_path, monkeypatch):
+def test_the_by_hand_server_prints_its_environment_and_runs_a_job(hand_started, monkeypatch):
     """tests/fakes/gcp_server.py in its own process, reached through the environment it prints."""
-    import subprocess
-
     from conftest import free_port
 
-    script = Path(__file__).parent / "fakes" / "gcp_server.py"
-    server = subprocess.Popen([sys.executable, str(script), "--storage-port", str(free_port()), "--vertex-port", str(free_port()),
-                               "--workdir", str(tmp_path / "jobs")], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    server = hand_started("gcp_server.py", "--storage-port", str(free_port()), "--vertex-port", str(free_port()))
+    env = server.printed
+    assert {"STORAGE_EMULATOR_HOST", "VERTEX_EMULATOR_HOST", "LOGGING_EMULATOR_HOST", "LAUNCHER_VERTEX_PROJECT",
+            "LAUNCHER_VERTEX_REGION", "LAUNCHER_VERTEX_BUCKET"} <= set(env)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    clouds.reset()
     try:
-        env = {}
-        for line in server.stdout:
-            if line.startswith("export "):
-                key, _, value = line.removeprefix("export ").strip().partition("=")
-                env[key] = value
-            elif "ready on" in line:
-                break
-        assert {"STORAGE_EMULATOR_HOST", "VERTEX_EMULATOR_HOST", "LOGGING_EMULATOR_HOST", "LAUNCHER_VERTEX_PROJECT",
-                "LAUNCHER_VERTEX_REGION", "LAUNCHER_VERTEX_BUCKET"} <= set(env)
-        for key, value in env.items():
-            monkeypatch.setenv(key, value)
-        clouds.reset()
         client = clouds.vertex_client("job", env["LAUNCHER_VERTEX_REGION"])
         code = ("import os, pathlib\nmodel = pathlib.Path(os.environ['LAUNCHER_GCS_MOUNT']) / os.environ['AIP_MODEL_DIR'][5:]\n"
                 "model.mkdir(parents=True)\n(model / 'ok').write_text('ok')\nprint('trained')")
@@ -339,5 +329,5 @@ def test_the_by_hand_server_prints_its_environment_and_runs_a_job(tmp_path, monk
         assert [e.text_payload for e in log_entries(name)] == ["trained"]
     finally:
         clouds.reset()
-        server.terminate()
-        assert server.wait(15) == 0
+    server.process.terminate()
+    assert server.process.wait(15) == 0  # a clean stop on SIGTERM

@@ -141,47 +141,9 @@ def test_under_random_faults_n_launches_make_exactly_n_jobs(job_spec, vertex_fak
         assert handle.status().state is JobState.SUCCEEDED
 
 
-def test_the_readme_walk_through_against_a_server_started_by_hand(tmp_path):
+def test_the_readme_walk_through_against_a_server_started_by_hand(hand_started):
     """The README's offline Vertex AI section, as a shell runs it: tests/fakes/gcp_server.py in its own
     process, its printed environment, then the CLI as separate processes on the example spec."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+    from conftest import free_port, walk_through
 
-    from conftest import free_port
-
-    repo = Path(__file__).resolve().parents[1]
-    server = subprocess.Popen([sys.executable, str(repo / "tests/fakes/gcp_server.py"), "--storage-port", str(free_port()),
-                               "--vertex-port", str(free_port()), "--workdir", str(tmp_path / "jobs")],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        env = {**os.environ, "LAUNCHER_HOME": str(tmp_path / "home")}
-        for line in server.stdout:
-            if line.startswith("export "):
-                key, _, value = line.removeprefix("export ").strip().partition("=")
-                env[key] = value
-            elif "ready on" in line:
-                break
-
-        def launcher(*args: str) -> subprocess.CompletedProcess:
-            done = subprocess.run([sys.executable, "-m", "launcher.cli.main", *args], cwd=repo, env=env,
-                                  capture_output=True, text=True, timeout=120)
-            assert done.returncode == 0, done.stdout + done.stderr
-            return done
-
-        submitted = launcher("train", "examples/fin-summary-vertex.yaml", "--backend", "vertex", "--detach", "--json")
-        job_id = json.loads(submitted.stdout)["job_id"]
-        deadline = time.monotonic() + 120
-        while "batches: " not in launcher("logs", job_id).stdout:  # the bundle is installed and runs
-            assert time.monotonic() < deadline, launcher("status", job_id).stdout
-            time.sleep(1)
-        assert json.loads(launcher("status", job_id, "--json").stdout)["state"] == "RUNNING"
-        assert job_id in launcher("cancel", job_id).stdout
-        while (state := json.loads(launcher("status", job_id, "--json").stdout)["state"]) == "STOPPING":
-            assert time.monotonic() < deadline
-            time.sleep(1)
-        assert state == "CANCELLED"
-    finally:
-        server.terminate()
-        server.wait(30)
+    walk_through(hand_started("gcp_server.py", "--storage-port", str(free_port()), "--vertex-port", str(free_port())), "examples/fin-summary-vertex.yaml", "vertex")
