@@ -235,6 +235,9 @@ def resolve_model(model: str | Path) -> tuple[Path, str]:
         return artifacts.model_dir(text), endpoint_name(text.rstrip("/").rsplit("/", 1)[-1])
     path = Path(text).expanduser()
     if path.is_dir():
+        if not (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+            raise NotFoundError(f"'{text}' holds neither adapter_config.json nor config.json: it is no model dir. "
+                                "To fix: pass a finished job's id or its model folder (launcher status JOB shows it)")
         name = path.parent.name if path.name == "model" else path.name
         return path.absolute(), endpoint_name(name)
     if text.startswith((".", "/", "~")) or "/" in text:

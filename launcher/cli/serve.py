@@ -72,7 +72,7 @@ def invoke(
     model: str = typer.Option(None, "--model", "-m", help="Which adapter (or the base) answers (default: the deployed one)."),
     temperature: float = typer.Option(None, "--temperature", help="Sampling temperature (default: greedy)."),
     backend: str = typer.Option(None, "--backend", "-b", help="The endpoint's backend (default: where it was deployed from here)."),
-    as_json: bool = json_option('The OpenAI chat completion object on stdout (with --stream: one {"text": ...} object a line).'),
+    as_json: bool = json_option('The OpenAI chat completion object on stdout (with --stream: one {"text": ...} object a line); an error as {"error": ..., "exit_code": ...}.'),
 ) -> None:
     """Ask an endpoint: print its answer."""
     import json
