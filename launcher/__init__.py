@@ -16,6 +16,11 @@ __all__ = [
     "JobState",
     "attach",
     "launch",
+    "deploy",
+    "invoke",
+    "undeploy",
+    "endpoints",
+    "Endpoint",
     "JobSpec",
     "TrainConfig",
     "LauncherError",
@@ -27,6 +32,11 @@ _LAZY = {
     "JobHandle": "launcher.api",
     "attach": "launcher.api",
     "launch": "launcher.api",
+    "deploy": "launcher.api",
+    "invoke": "launcher.api",
+    "undeploy": "launcher.api",
+    "endpoints": "launcher.api",
+    "Endpoint": "launcher.backends.base",
     "JobInfo": "launcher.backends.base",
     "JobState": "launcher.backends.base",
     "JobSpec": "launcher.spec",
@@ -36,8 +46,8 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from launcher.api import Job, JobHandle, attach, launch
-    from launcher.backends.base import JobInfo, JobState
+    from launcher.api import Job, JobHandle, attach, deploy, endpoints, invoke, launch, undeploy
+    from launcher.backends.base import Endpoint, JobInfo, JobState
     from launcher.errors import LauncherError, UserInputError
     from launcher.spec import JobSpec, TrainConfig
 

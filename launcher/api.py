@@ -223,4 +223,93 @@ def parse_state(text: str) -> JobState:
         ) from None
 
 
-__all__ = ["Job", "JobHandle", "attach", "check", "jobs", "launch", "parse_state", "request"]
+# --- serving -------------------------------------------------------------------------------------------
+def resolve_model(model: str | Path) -> tuple[Path, str]:
+    """(a local model dir, a default endpoint name) for what a user deploys: a model dir (local, ``s3://``,
+    ``gs://``) or a finished job's id (its model dir through its backend's ``artifacts``)."""
+    from launcher import artifacts
+    from launcher.backends._local_serving import endpoint_name
+
+    text = str(model)
+    if "://" in text:
+        return artifacts.model_dir(text), endpoint_name(text.rstrip("/").rsplit("/", 1)[-1])
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+            raise NotFoundError(f"'{text}' holds neither adapter_config.json nor config.json: it is no model dir. "
+                                "To fix: pass a finished job's id or its model folder (launcher status JOB shows it)")
+        name = path.parent.name if path.name == "model" else path.name
+        return path.absolute(), endpoint_name(name)
+    if text.startswith((".", "/", "~")) or "/" in text:
+        raise NotFoundError(f"model dir '{text}' does not exist. To fix: pass a job id ('launcher list') or a model dir")
+    handle = attach(text)
+    info = handle.status()
+    if info.state is not JobState.SUCCEEDED:
+        raise UserInputError(f"job '{text}' is {info.state.value}, not SUCCEEDED: it has no model to serve yet. "
+                             f"To fix: wait for it ('launcher status {text}'), or deploy another job")
+    folder = handle.artifacts()
+    if not (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
+        raise NotFoundError(f"job '{text}' left no model in {folder}. To fix: read 'launcher logs {text}'")
+    return folder, endpoint_name(text)
+
+
+def _endpoint_backend(name: str, backend: str | None) -> Backend:
+    return registry.get(backend or index.endpoint_backend(name) or "local")
+
+
+def deploy(model: str | Path, backend: str = "local", name: str | None = None, *, port: int | None = None,
+           adapters: dict[str, str | Path] | None = None, capture: str | None = None, capture_percent: float = 100.0,
+           max_new_tokens_cap: int = 1024, api_key_env: str = "LAUNCHER_API_KEY", **options: Any):
+    """Serve ``model`` (a job id or a model dir) on ``backend`` as endpoint ``name`` (default: from the
+    job id or folder). Returns the ``Endpoint`` once it answers; an endpoint of that name already serving
+    the same model is re-attached. ``options`` are the backend's own (local: the server's, e.g. ``threads``)."""
+    from launcher.backends.base import EndpointSpec
+
+    if not 0 <= capture_percent <= 100:
+        raise UserInputError(f"capture percent {capture_percent:g} is not a percentage. To fix: pass 0 to 100")
+    if max_new_tokens_cap < 1:
+        raise UserInputError(f"max_new_tokens_cap {max_new_tokens_cap} must be at least 1. To fix: pass a positive number")
+    runner = registry.get(backend)
+    folder, default_name = resolve_model(model)
+    extra = {}
+    for adapter, path in (adapters or {}).items():
+        extra[adapter] = str(resolve_model(path)[0])
+    spec = EndpointSpec(name=name or default_name, adapters=extra, port=port, capture=capture, capture_percent=capture_percent,
+                        max_new_tokens_cap=max_new_tokens_cap, api_key_env=api_key_env, source=str(model), options=options)
+    endpoint = runner.deploy(folder, spec)
+    index.record_endpoint(endpoint.name, runner.name, _now())
+    return endpoint
+
+
+def chat_request(prompt: str | dict[str, Any], *, max_tokens: int | None = None, model: str | None = None,
+                 temperature: float | None = None) -> dict[str, Any]:
+    """An OpenAI chat completion body: ``prompt`` as one user turn, or a whole request dict as given."""
+    request = dict(prompt) if isinstance(prompt, dict) else {"messages": [{"role": "user", "content": prompt}]}
+    for key, value in (("max_tokens", max_tokens), ("model", model), ("temperature", temperature)):
+        if value is not None:
+            request[key] = value
+    return request
+
+
+def invoke(name: str, prompt: str | dict[str, Any], *, backend: str | None = None, stream: bool = False, **settings: Any):
+    """Ask endpoint ``name``: ``prompt`` (a user turn) or a chat request dict. Returns the OpenAI chat
+    completion object, or with ``stream`` an iterator of the answer's text pieces."""
+    runner = _endpoint_backend(name, backend)
+    request = chat_request(prompt, **settings)
+    return runner.invoke_stream(name, request) if stream else runner.invoke(name, request)
+
+
+def undeploy(name: str, backend: str | None = None):
+    """Stop endpoint ``name`` (its capture is flushed); returns its final ``Endpoint``."""
+    return _endpoint_backend(name, backend).undeploy(name)
+
+
+def endpoints(backend: str | None = None) -> list:
+    """Endpoints on ``backend`` (default: every backend this home deployed to, and local), newest first."""
+    names = [backend] if backend else sorted({"local", *index.endpoint_backends()})
+    found = [endpoint for name in names for endpoint in registry.get(name).endpoints()]
+    return sorted(found, key=lambda e: e.created_at, reverse=True)
+
+
+__all__ = ["Job", "JobHandle", "attach", "chat_request", "check", "deploy", "endpoints", "invoke", "jobs", "launch",
+           "parse_state", "request", "resolve_model", "undeploy"]

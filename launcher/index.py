@@ -1,4 +1,5 @@
-"""The job index: every job this home has submitted or attached to, keyed by backend and job id.
+"""The job and endpoint index: every job this home has submitted or attached to, keyed by backend and job
+id, and every endpoint it deployed (``endpoints.json``, name -> backend).
 
 ``$LAUNCHER_HOME/index.json`` maps ``"<backend>/<job id>"`` to the job's ``JobRef`` (native id,
 location, attempt) and when it was recorded, so ``launcher.attach(job_id)`` and ``launcher status
@@ -52,3 +53,28 @@ def backends() -> set[str]:
 
 def job_ids() -> list[str]:
     return sorted({e["ref"]["job_id"] for e in entries().values()})
+
+
+# --- endpoints ------------------------------------------------------------------------------------------
+# ``$LAUNCHER_HOME/endpoints.json``: endpoint name -> {"backend", "recorded_at"}, so ``launcher invoke NAME``
+# and ``undeploy NAME`` find the backend of an endpoint deployed from any process. Names are unique per home.
+def _endpoints_path():
+    return home() / "endpoints.json"
+
+
+def record_endpoint(name: str, backend: str, recorded_at: str = "") -> None:
+    with file_lock(home() / "locks" / "index.lock"):
+        known = read_json(_endpoints_path())
+        if known.get(name, {}).get("backend") == backend:
+            return
+        known[name] = {"backend": backend, "recorded_at": recorded_at}
+        write_json(_endpoints_path(), known)
+
+
+def endpoint_backend(name: str) -> str | None:
+    """The backend endpoint ``name`` was deployed to from this home, if any."""
+    return read_json(_endpoints_path()).get(name, {}).get("backend")
+
+
+def endpoint_backends() -> set[str]:
+    return {entry["backend"] for entry in read_json(_endpoints_path()).values()}

@@ -15,7 +15,9 @@ from launcher.cli.main import app
 
 runner = CliRunner()
 
-COMMANDS = ["init", "validate", "plan", "train", "status", "logs", "cancel", "list", "report", "review"]
+COMMANDS = ["init", "validate", "plan", "train", "status", "logs", "cancel", "list", "report", "review",
+            "deploy", "invoke", "endpoints", "undeploy"]
+OWN_JSON_HELP = ("logs", "invoke")  # their --json streams one object a line
 
 
 def invoke(*args: str):
@@ -31,11 +33,11 @@ def json_option_help(command: str) -> str:
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_takes_json(command):
-    assert "messages go to stderr" in json_option_help(command) or command == "logs"
+    assert "messages go to stderr" in json_option_help(command) or command in OWN_JSON_HELP
 
 
 def test_the_json_option_reads_the_same_on_every_command():
-    helps = {command: json_option_help(command) for command in COMMANDS if command != "logs"}
+    helps = {command: json_option_help(command) for command in COMMANDS if command not in OWN_JSON_HELP}
     assert len(set(helps.values())) == 1, helps
 
 
@@ -61,6 +63,10 @@ def bad_inputs(tmp_path: Path) -> dict[str, list[str]]:
         "list": ["list", "--state", "runing"],
         "report": ["report", "no-such-job"],
         "review": ["review", "no-such-job"],
+        "deploy": ["deploy", tmp_path / "nope"],
+        "invoke": ["invoke", "ghost", "hello"],
+        "endpoints": ["endpoints", "--backend", "nowhere"],
+        "undeploy": ["undeploy", "ghost"],
     }
 
 

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-HEAVY = ("torch", "transformers", "peft", "datasets", "boto3", "botocore", "google")
+HEAVY = ("torch", "transformers", "peft", "datasets", "boto3", "botocore", "google", "starlette", "uvicorn", "prometheus_client")
 
 PROBE = """
 import sys
@@ -44,6 +44,9 @@ def loaded_after(code: str) -> list[str]:
         # `launcher --help` and a subcommand's help: every command module is imported.
         "from launcher.cli.main import app\ntry:\n    app(['--help'])\nexcept SystemExit:\n    pass",
         "from launcher.cli.main import app\ntry:\n    app(['train', '--help'])\nexcept SystemExit:\n    pass",
+        # The serving API and the capture format (monitoring reads it) need no server or cloud library.
+        "import launcher, launcher.capture; launcher.deploy; launcher.invoke; launcher.Endpoint",
+        "from launcher.cli.main import app\ntry:\n    app(['deploy', '--help'])\nexcept SystemExit:\n    pass",
     ],
 )
 def test_no_heavy_imports(code):

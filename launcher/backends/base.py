@@ -62,6 +62,7 @@ class Feature(str, enum.Enum):
     FOLLOW_LOGS = "following logs"
     CANCEL = "cancelling jobs"
     DEPLOY = "deploying endpoints"
+    STREAM = "streaming answers"
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,46 @@ class JobRef:
     def from_dict(cls, data: dict[str, Any]) -> JobRef:
         return cls(backend=data["backend"], job_id=data["job_id"], native_id=data.get("native_id", ""),
                    location=dict(data.get("location") or {}), attempt=int(data.get("attempt", 1)))
+
+
+@dataclass(frozen=True)
+class EndpointSpec:
+    """What ``deploy`` is asked for, beyond the model: the same on every backend; a backend's own settings
+    (instance type, region, ...) go in ``options``. Secrets travel as names (``api_key_env``), never values."""
+
+    name: str
+    adapters: dict[str, str] = field(default_factory=dict)  # more adapters of the same base: name -> model dir
+    port: int | None = None  # local: None picks a free port
+    capture: str | None = None  # capture destination; None: the backend's default (local: the endpoint's folder)
+    capture_percent: float = 100.0
+    max_new_tokens_cap: int = 1024
+    api_key_env: str = "LAUNCHER_API_KEY"  # the environment variable holding the API key, if one is set
+    source: str = ""  # what the user named: a job id or a model dir (shown by 'launcher endpoints')
+    options: dict[str, Any] = field(default_factory=dict)  # the backend's own settings (local: the server's options)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Endpoint:
+    """A deployed model: what ``deploy`` returns and ``endpoints()`` lists."""
+
+    name: str
+    backend: str
+    state: str  # Creating | InService | Failed | Stopped
+    url: str = ""
+    model: str = ""  # the model dir (or URI) served
+    models: list[str] = field(default_factory=list)  # adapter names a request's "model" may take; the first is the default
+    created_at: str = ""
+    message: str = ""
+    capture: str = ""  # where its capture records go
+    auth: bool = False  # whether requests need the API key (the key itself is never recorded)
+    reattached: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 class JobExists(Exception):
@@ -250,3 +291,32 @@ class Backend(ABC):
         if not info.output:
             raise NotFoundError(f"job '{ref.job_id}' has no output location yet ({info.state.value}). To fix: wait until it has SUCCEEDED")
         return artifacts.model_dir(info.output)
+
+    # --- serving -----------------------------------------------------------------------------------
+    # A backend that serves overrides these four (and ``invoke_stream`` where it can stream); ``request``
+    # is an OpenAI chat completion body ({"messages": [...], "max_tokens": ...}), which every backend's
+    # serving container answers (SageMaker's /invocations takes "messages" too).
+    def deploy(self, model: Path, spec: EndpointSpec) -> Endpoint:
+        """Serve ``model`` (a local model dir) as endpoint ``spec.name``; an endpoint of that name that is
+        alive and serves the same model is re-attached."""
+        self.require(Feature.DEPLOY)
+        raise UnsupportedError(f"the '{self.name}' backend does not deploy endpoints yet")
+
+    def invoke(self, name: str, request: dict[str, Any]) -> dict[str, Any]:
+        """One chat completion from endpoint ``name``: the OpenAI response object."""
+        self.require(Feature.DEPLOY)
+        raise UnsupportedError(f"the '{self.name}' backend does not invoke endpoints yet")
+
+    def invoke_stream(self, name: str, request: dict[str, Any]) -> Iterator[str]:
+        """The answer's text as it is generated."""
+        self.require(Feature.STREAM)
+        raise UnsupportedError(f"the '{self.name}' backend does not stream answers yet")
+
+    def undeploy(self, name: str) -> Endpoint:
+        """Stop endpoint ``name`` (its capture is flushed first)."""
+        self.require(Feature.DEPLOY)
+        raise UnsupportedError(f"the '{self.name}' backend does not deploy endpoints yet")
+
+    def endpoints(self) -> list[Endpoint]:
+        """This backend's endpoints, newest first (none where it cannot deploy)."""
+        return []

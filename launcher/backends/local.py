@@ -38,6 +38,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from launcher.backends._local_serving import LocalServing
 from launcher.backends.base import Backend, Feature, JobExists, JobInfo, JobRef, JobState, LaunchRequest
 from launcher.errors import BackendError, NotFoundError, UnsupportedError
 from launcher.state import file_lock, home, read_json, write_json
@@ -53,8 +54,9 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-class LocalBackend(Backend):
-    """Jobs as detached processes under ``$LAUNCHER_HOME/jobs``."""
+class LocalBackend(LocalServing, Backend):
+    """Jobs as detached processes under ``$LAUNCHER_HOME/jobs``; endpoints under ``$LAUNCHER_HOME/endpoints``
+    (``_local_serving``)."""
 
     name: ClassVar[str] = "local"
     unsupported: ClassVar[dict[Feature, str]] = {
