@@ -2,9 +2,11 @@
 # make demo   (runs this with .venv/bin first on PATH; no cloud account, no GPU, no network needed)
 #
 # The whole loop on the example domain task (client financial-summary drafting): check the data,
-# plan the production-size job, fine-tune tiny-llama on this machine's CPU, then compare the base
-# and the tuned model. Running it again re-attaches to the finished job instead of training twice
-# (the job id comes from the spec); `launcher train examples/fin-summary.yaml --new-run` trains afresh.
+# plan the production-size job, fine-tune tiny-llama on this machine's CPU, compare the base and the
+# tuned model, then serve the tuned model on 127.0.0.1, ask it through launcher and through the
+# openai client, and take it down. Running it again re-attaches to the finished job instead of
+# training twice (the job id comes from the spec); `launcher train examples/fin-summary.yaml
+# --new-run` trains afresh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -12,18 +14,43 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 started=$SECONDS
 
-step "1/4 Validate the dataset (examples/data, written by examples/make_dataset.py)"
+step "1/5 Validate the dataset (examples/data, written by examples/make_dataset.py)"
 launcher validate examples/fin-summary.yaml
 
-step "2/4 Plan the production-size job: QLoRA on Llama-3-8B-Instruct, one H100, spot"
+step "2/5 Plan the production-size job: QLoRA on Llama-3-8B-Instruct, one H100, spot"
 launcher plan examples/fin-summary-8b.yaml
 
-step "3/4 Fine-tune tiny-llama on this machine (local backend, CPU)"
+step "3/5 Fine-tune tiny-llama on this machine (local backend, CPU)"
 job_json=$(launcher train examples/fin-summary.yaml --backend local --json)
 job_id=$(python -c 'import json, sys; print(json.loads(sys.argv[1])["job_id"])' "$job_json")
 
-step "4/4 Base vs tuned on the held-out examples"
+step "4/5 Base vs tuned on the held-out examples"
 launcher report "$job_id"
+
+step "5/5 Serve the tuned model locally, ask it twice (launcher, then the openai client), take it down"
+trap 'launcher undeploy demo-summaries >/dev/null 2>&1 || true' EXIT   # never leave the server behind
+launcher deploy "$job_id" --name demo-summaries
+request=$(mktemp --suffix .json)   # a held-out client (examples/data/eval.jsonl), without the reference answer
+python -c 'import json, sys; m = json.loads(open("examples/data/eval.jsonl").readline())["messages"]; json.dump({"messages": m[:-1]}, sys.stdout)' > "$request"
+answer=$(launcher invoke demo-summaries --file "$request" --max-tokens 96)
+printf '%s\n' "$answer"
+python - "$(launcher endpoints --json)" "$request" "$answer" <<'PY'
+import json
+import sys
+
+from openai import OpenAI  # the real client, unchanged, against the local endpoint
+
+endpoint = next(e for e in json.loads(sys.argv[1]) if e["name"] == "demo-summaries")
+client = OpenAI(base_url=endpoint["url"] + "/v1", api_key="unused-on-127.0.0.1")
+messages = json.load(open(sys.argv[2]))["messages"]
+answer = client.chat.completions.create(model=endpoint["models"][0], max_tokens=96, messages=messages)  # the tuned adapter
+same = answer.choices[0].message.content.strip() == sys.argv[3].strip()  # greedy: the same text both ways
+print(f"openai client, same request: {answer.usage.completion_tokens} tokens, {'the same answer' if same else 'a DIFFERENT answer'}")
+sys.exit(0 if same else 1)
+PY
+rm -f "$request"
+launcher undeploy demo-summaries
+trap - EXIT
 
 cat <<EOF
 
