@@ -734,18 +734,19 @@ def _parser() -> argparse.ArgumentParser:
                         help="A job's model dir (its adapter is served on its base) or a model folder; s3:// or gs:// "
                              "are downloaded (env LAUNCHER_MODEL_DIR, AIP_STORAGE_URI; default /opt/ml/model)")
     parser.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR", help="Another adapter of the same base")
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default=env.get("LAUNCHER_SERVE_HOST") or "127.0.0.1",
+                        help="Default: env LAUNCHER_SERVE_HOST (a cloud image sets 0.0.0.0), else 127.0.0.1")
     parser.add_argument("--port", type=int, default=None,
                         help="Default: AIP_HTTP_PORT, SAGEMAKER_BIND_TO_PORT, else 8080")
     parser.add_argument("--api-key", default=None, help="Require 'Authorization: Bearer KEY' (prefer env LAUNCHER_API_KEY)")
     parser.add_argument("--behind-platform-auth", action="store_true", default=env.get("LAUNCHER_BEHIND_PLATFORM_AUTH") == "1",
                         help="SageMaker or Vertex AI authenticates callers in front of this container: bind any address without a key")
     parser.add_argument("--capture", default=env.get("LAUNCHER_CAPTURE"), metavar="DEST", help="Capture folder, s3:// or gs:// prefix")
-    parser.add_argument("--capture-percent", type=float, default=100.0)
+    parser.add_argument("--capture-percent", type=float, default=float(env.get("LAUNCHER_CAPTURE_PERCENT") or 100.0))
     parser.add_argument("--capture-flush-s", type=float, default=10.0)
     parser.add_argument("--endpoint-name", default=env.get("LAUNCHER_ENDPOINT_NAME"), help="The endpoint's name in capture paths")
     parser.add_argument("--variant", default="AllTraffic")
-    parser.add_argument("--max-new-tokens-cap", type=int, default=1024)
+    parser.add_argument("--max-new-tokens-cap", type=int, default=int(env.get("LAUNCHER_MAX_NEW_TOKENS_CAP") or 1024))
     parser.add_argument("--default-max-new-tokens", type=int, default=128)
     parser.add_argument("--max-body-bytes", type=int, default=1 << 20)
     parser.add_argument("--request-timeout", type=float, default=60.0)

@@ -32,7 +32,7 @@ from typing import Any
 from launcher import index
 from launcher.backends import registry
 from launcher.backends.base import Backend, JobExists, JobInfo, JobRef, JobState, LaunchRequest
-from launcher.errors import DataError, JobFailedError, LauncherError, MissingExtraError, NotFoundError, UserInputError, did_you_mean
+from launcher.errors import BackendError, DataError, JobFailedError, LauncherError, MissingExtraError, NotFoundError, UserInputError, did_you_mean
 from launcher.spec import JobSpec, base_model_digest
 
 Job = JobSpec
@@ -227,19 +227,26 @@ def parse_state(text: str) -> JobState:
 def resolve_model(model: str | Path) -> tuple[Path, str]:
     """(a local model dir, a default endpoint name) for what a user deploys: a model dir (local, ``s3://``,
     ``gs://``) or a finished job's id (its model dir through its backend's ``artifacts``)."""
+    folder, name, _ = _resolve_model(model)
+    return folder, name
+
+
+def _resolve_model(model: str | Path) -> tuple[Path, str, str]:
+    """``resolve_model`` plus where the model lies in a cloud store, if it does (a job's output URI, or the
+    ``s3://`` / ``gs://`` URI given): a cloud backend serves it from there instead of uploading a copy."""
     from launcher import artifacts
     from launcher.backends._local_serving import endpoint_name
 
     text = str(model)
     if "://" in text:
-        return artifacts.model_dir(text), endpoint_name(text.rstrip("/").rsplit("/", 1)[-1])
+        return artifacts.model_dir(text), endpoint_name(text.rstrip("/").rsplit("/", 1)[-1]), text
     path = Path(text).expanduser()
     if path.is_dir():
         if not (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
             raise NotFoundError(f"'{text}' holds neither adapter_config.json nor config.json: it is no model dir. "
                                 "To fix: pass a finished job's id or its model folder (launcher status JOB shows it)")
         name = path.parent.name if path.name == "model" else path.name
-        return path.absolute(), endpoint_name(name)
+        return path.absolute(), endpoint_name(name), ""
     if text.startswith((".", "/", "~")) or "/" in text:
         raise NotFoundError(f"model dir '{text}' does not exist. To fix: pass a job id ('launcher list') or a model dir")
     handle = attach(text)
@@ -250,7 +257,7 @@ def resolve_model(model: str | Path) -> tuple[Path, str]:
     folder = handle.artifacts()
     if not (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
         raise NotFoundError(f"job '{text}' left no model in {folder}. To fix: read 'launcher logs {text}'")
-    return folder, endpoint_name(text)
+    return folder, endpoint_name(text), info.output if "://" in info.output else ""
 
 
 def _endpoint_backend(name: str, backend: str | None) -> Backend:
@@ -259,10 +266,12 @@ def _endpoint_backend(name: str, backend: str | None) -> Backend:
 
 def deploy(model: str | Path, backend: str = "local", name: str | None = None, *, port: int | None = None,
            adapters: dict[str, str | Path] | None = None, capture: str | None = None, capture_percent: float = 100.0,
-           max_new_tokens_cap: int = 1024, api_key_env: str = "LAUNCHER_API_KEY", **options: Any):
+           max_new_tokens_cap: int = 1024, api_key_env: str = "LAUNCHER_API_KEY", local_check: bool = True, **options: Any):
     """Serve ``model`` (a job id or a model dir) on ``backend`` as endpoint ``name`` (default: from the
     job id or folder). Returns the ``Endpoint`` once it answers; an endpoint of that name already serving
-    the same model is re-attached. ``options`` are the backend's own (local: the server's, e.g. ``threads``)."""
+    the same model is re-attached. ``options`` are the backend's own (local: the server's, e.g. ``threads``;
+    SageMaker: ``instance_type``, ``instance_count``, ``serving_image``, ...; Vertex AI: ``machine_type``,
+    ``min_replicas``, ...). A cloud backend first runs the serving contract on this machine (``local_check``)."""
     from launcher.backends.base import EndpointSpec
 
     if not 0 <= capture_percent <= 100:
@@ -270,13 +279,18 @@ def deploy(model: str | Path, backend: str = "local", name: str | None = None, *
     if max_new_tokens_cap < 1:
         raise UserInputError(f"max_new_tokens_cap {max_new_tokens_cap} must be at least 1. To fix: pass a positive number")
     runner = registry.get(backend)
-    folder, default_name = resolve_model(model)
+    folder, default_name, model_uri = _resolve_model(model)
     extra = {}
     for adapter, path in (adapters or {}).items():
         extra[adapter] = str(resolve_model(path)[0])
     spec = EndpointSpec(name=name or default_name, adapters=extra, port=port, capture=capture, capture_percent=capture_percent,
-                        max_new_tokens_cap=max_new_tokens_cap, api_key_env=api_key_env, source=str(model), options=options)
-    endpoint = runner.deploy(folder, spec)
+                        max_new_tokens_cap=max_new_tokens_cap, api_key_env=api_key_env, source=str(model), options=options,
+                        model_uri=model_uri, local_check=local_check)
+    try:
+        endpoint = runner.deploy(folder, spec)
+    except BackendError:  # a cloud endpoint may exist, Failed: 'endpoints' and 'undeploy NAME' must find it
+        index.record_endpoint(spec.name, runner.name, _now())
+        raise
     index.record_endpoint(endpoint.name, runner.name, _now())
     return endpoint
 

@@ -342,3 +342,15 @@ def walk_through(server: HandStarted, spec: str, backend: str) -> None:
         assert time.monotonic() < deadline
         time.sleep(1)
     assert state == "CANCELLED"
+
+
+@pytest.fixture
+def sagemaker_endpoints(moto_server, tmp_path):
+    """moto's SageMaker with endpoints that serve (tests/fakes/sagemaker_endpoints.py): CreateEndpoint runs
+    the serving entrypoint on this machine, InvokeEndpoint is forwarded to it, UpdateEndpoint exists, and
+    the capture lands in moto's S3. Yields the fake's control API (refuse_quota, deny, containers, calls);
+    at the end every container is killed and moto is restored."""
+    from fakes.sagemaker_endpoints import SageMakerEndpointsFake
+
+    with SageMakerEndpointsFake(moto_server, workdir=tmp_path / "sagemaker-endpoints") as fake:
+        yield fake

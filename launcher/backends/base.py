@@ -97,6 +97,8 @@ class EndpointSpec:
     max_new_tokens_cap: int = 1024
     api_key_env: str = "LAUNCHER_API_KEY"  # the environment variable holding the API key, if one is set
     source: str = ""  # what the user named: a job id or a model dir (shown by 'launcher endpoints')
+    model_uri: str = ""  # where the model already lies in a cloud store (a job's s3:// model.tar.gz, a gs:// model dir), if it does
+    local_check: bool = True  # cloud backends: run the serving contract locally before creating anything
     options: dict[str, Any] = field(default_factory=dict)  # the backend's own settings (local: the server's options)
 
     def to_dict(self) -> dict[str, Any]:

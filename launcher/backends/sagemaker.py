@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from launcher import clouds
+from launcher.backends._sagemaker_serving import SageMakerServing
 from launcher.backends.base import Backend, Feature, JobExists, JobInfo, JobRef, JobState, LaunchRequest, followed
 from launcher.errors import BackendError, MissingExtraError, NotFoundError, SpecError
 
@@ -85,11 +86,14 @@ class Place:
         return "s3://" + "/".join([self.bucket, self.prefix.strip("/"), *parts])
 
 
-class SageMakerBackend(Backend):
-    """Training jobs on Amazon SageMaker."""
+class SageMakerBackend(SageMakerServing, Backend):
+    """Training jobs and real-time endpoints on Amazon SageMaker (serving: ``_sagemaker_serving``)."""
 
     name: ClassVar[str] = "sagemaker"
-    unsupported: ClassVar[dict[Feature, str]] = {}
+    unsupported: ClassVar[dict[Feature, str]] = {
+        Feature.STREAM: "the endpoint's /invocations answers whole (InvokeEndpointWithResponseStream is not wired). "
+                        "To fix: invoke without --stream",
+    }
 
     # --- configuration -------------------------------------------------------------------------------
     def _place(self, options: dict[str, Any]) -> Place:
@@ -529,8 +533,9 @@ class _errors:
     """SageMaker's errors at the border, with the quota, action or spec key they are about; everything
     else through ``clouds.aws_errors``."""
 
-    def __init__(self, resource: str, permission: str):
+    def __init__(self, resource: str, permission: str, keys: dict[str, str] | None = None):
         self.resource, self.permission = resource, permission
+        self.keys = _SPEC_KEYS if keys is None else keys  # request fields -> the spec key (or deploy option) that sets them
         self.inner = clouds.aws_errors(resource, permission)
 
     def __enter__(self):
@@ -557,13 +562,14 @@ class _errors:
             raise BackendError(
                 f"AWS denied {action[1] if action else self.permission} on {self.resource}"
                 f"{f' to {who[1]}' if who else ''}. To fix: allow {action[1] if action else self.permission} for that "
-                "identity (and iam:PassRole on sagemaker.role_arn for CreateTrainingJob)"
+                "identity (and iam:PassRole on sagemaker.role_arn for CreateTrainingJob and CreateModel)"
             ) from exc
         if code == "ValidationException" and "Could not find" not in message:
-            keys = [key for field, key in _SPEC_KEYS.items() if field in message]
+            keys = [key for field, key in self.keys.items() if field in message]
+            where = "" if self.keys is not _SPEC_KEYS else " in the spec"
             raise SpecError(
                 f"SageMaker rejected {self.resource}: {message.splitlines()[0] if message else code}. "
-                f"To fix: change {' or '.join(keys) if keys else 'the setting it names'} in the spec"
+                f"To fix: change {' or '.join(keys) if keys else 'the setting it names'}{where}"
             ) from exc
         if code == "ValidationException":  # "Could not find training job ..." is SageMaker's not-found
             raise NotFoundError(f"{self.resource} does not exist. To fix: run 'launcher list --backend sagemaker'") from exc

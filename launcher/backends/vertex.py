@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from launcher import clouds
+from launcher.backends._vertex_serving import VertexServing
 from launcher.backends.base import Backend, Feature, JobExists, JobInfo, JobRef, JobState, LaunchRequest, followed
 from launcher.errors import BackendError, NotFoundError, SpecError
 
@@ -82,11 +83,13 @@ class Place:
         return f"projects/{self.project}/locations/{self.region}"
 
 
-class VertexBackend(Backend):
-    """Custom training jobs on Google Cloud Vertex AI."""
+class VertexBackend(VertexServing, Backend):
+    """Custom training jobs and online prediction endpoints on Google Cloud Vertex AI (serving: ``_vertex_serving``)."""
 
     name: ClassVar[str] = "vertex"
-    unsupported: ClassVar[dict[Feature, str]] = {}
+    unsupported: ClassVar[dict[Feature, str]] = {
+        Feature.STREAM: "PredictionService.Predict answers whole. To fix: invoke without --stream",
+    }
 
     # --- configuration -------------------------------------------------------------------------------
     def _place(self, options: dict[str, Any]) -> Place:
@@ -442,6 +445,19 @@ def _upload_dataset(source: str, prefix_uri: str) -> None:
         bucket.blob(prefix + "_complete").upload_from_string(b"")
 
 
+def _upload_dataset_folder(folder: Path, prefix_uri: str) -> None:
+    """Upload a model dir under its content-addressed prefix (relative paths kept), once: the
+    ``_complete`` marker, written last, says every file is there."""
+    bucket_name, _, prefix = prefix_uri.removeprefix("gs://").partition("/")
+    bucket = clouds.gcs_client().bucket(bucket_name)
+    with clouds.google_errors(prefix_uri, "storage.objects.create", missing=f"create the bucket gs://{bucket_name}"):
+        if bucket.blob(prefix + "_complete").exists():
+            return
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            bucket.blob(prefix + path.relative_to(folder).as_posix()).upload_from_filename(str(path))
+        bucket.blob(prefix + "_complete").upload_from_string(b"")
+
+
 def _upload_once(uri: str, data: bytes) -> None:
     from google.api_core import exceptions as api
 
@@ -483,8 +499,9 @@ class _errors:
     """Vertex AI's errors at the border, with the quota, permission or spec key they are about; the rest
     through ``clouds.google_errors``."""
 
-    def __init__(self, resource: str, permission: str, place: Place, job: Any = None):
+    def __init__(self, resource: str, permission: str, place: Place, job: Any = None, keys: dict[str, str] | None = None):
         self.resource, self.permission, self.place, self.job = resource, permission, place, job
+        self.keys = _SPEC_KEYS if keys is None else keys  # words of the message -> the spec key (or deploy option) that sets them
         self.inner = clouds.google_errors(resource, permission, missing="run 'launcher list --backend vertex'")
 
     def __enter__(self):
@@ -518,10 +535,11 @@ class _errors:
                 "which needs iam.serviceAccounts.actAs for you and storage access for it"
             ) from exc
         if isinstance(exc, api.InvalidArgument | api.BadRequest):
-            keys = list(dict.fromkeys(key for word, key in _SPEC_KEYS.items() if word in message.lower().replace(" ", "_")))
+            keys = list(dict.fromkeys(key for word, key in self.keys.items() if word in message.lower().replace(" ", "_")))
             keys = [key for key in keys if not any(key != other and key in other for other in keys)]
+            where = " in the spec" if self.keys is _SPEC_KEYS else ""
             raise SpecError(
                 f"Vertex AI rejected {self.resource}: {first}. "
-                f"To fix: change {' or '.join(keys) if keys else 'the setting it names'} in the spec"
+                f"To fix: change {' or '.join(keys) if keys else 'the setting it names'}{where}"
             ) from exc
         return self.inner.__exit__(kind, exc, tb)

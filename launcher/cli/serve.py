@@ -43,7 +43,12 @@ def deploy(
     capture_percent: float = typer.Option(100.0, "--capture-percent", help="Share of requests captured (0-100)."),
     max_new_tokens_cap: int = typer.Option(1024, "--max-new-tokens-cap", help="Refuse requests asking for more new tokens."),
     api_key_env: str = typer.Option("LAUNCHER_API_KEY", "--api-key-env", help="Variable holding an API key to require (if set)."),
-    option: list[str] = typer.Option([], "--option", "-o", metavar="KEY=VALUE", help="A server setting, e.g. threads=2, max_concurrency=16."),
+    option: list[str] = typer.Option([], "--option", "-o", metavar="KEY=VALUE",
+                                     help="A backend setting. Local: the server's (threads=2, max_concurrency=16). SageMaker: "
+                                          "instance_type, accelerator, instance_count, serving_image, kms_key_id, role_arn, bucket, region. "
+                                          "Vertex AI: machine_type, accelerator, min_replicas, max_replicas, serving_image, project, region, staging_bucket."),
+    local_check: bool = typer.Option(True, "--local-check/--no-local-check",
+                                     help="SageMaker, Vertex AI: run the serving contract on this machine first (skip for an image that cannot run here)."),
     as_json: bool = json_option(),
 ) -> None:
     """Serve a finished job's model (or a model dir) as an endpoint; returns once it answers."""
@@ -51,13 +56,17 @@ def deploy(
 
     adapters = _options(adapter, "--adapter")
     endpoint = api_deploy(model, backend=backend, name=name, port=port, adapters=adapters, capture_percent=capture_percent,
-                          max_new_tokens_cap=max_new_tokens_cap, api_key_env=api_key_env, **_options(option, "--option"))
+                          max_new_tokens_cap=max_new_tokens_cap, api_key_env=api_key_env, local_check=local_check,
+                          **_options(option, "--option"))
     if endpoint.reattached:
         say(f"Endpoint {endpoint.name} is already serving this model: re-attached.", as_json)
     else:
         say(f"Endpoint {endpoint.name} is serving on the {endpoint.backend} backend.", as_json)
-    if not as_json:
+    if not as_json and endpoint.backend == "local":
         say(f"URL: {endpoint.url} (OpenAI: {endpoint.url}/v1, SageMaker: /invocations, Vertex AI: /predict)", as_json)
+    elif not as_json:
+        say(f"URL: {endpoint.url}", as_json)
+    if not as_json:
         say(f"Capture: {endpoint.capture}", as_json)
         say(f"Try it: launcher invoke {endpoint.name} \"your prompt\"; stop it: launcher undeploy {endpoint.name}", as_json)
     output(endpoint, as_json)

@@ -66,6 +66,10 @@ operations go through ``google.longrunning``'s generated ``OperationsServicer``.
   anything else INVALID_ARGUMENT naming the term. ``order_by`` ``timestamp asc`` (default) or
   ``timestamp desc``; ``page_size`` (default 50, at most 1000) and ``page_token``.
 
+Online prediction (ModelService, EndpointService, PredictionService, with endpoints whose container
+is the real serving entrypoint run here) is ``ServingServices`` in tests/fakes/vertex_serving.py, served
+on the same port; ``serving.calls`` lists its creates, deploys and deletes.
+
 Control API for tests: ``requests``, ``jobs``, ``job``, ``wait``, ``refuse_quota``, ``fail_next``,
 ``restart_worker``, ``restarts``, ``faults`` (+ ``injected``), ``mirror``, ``pids``.
 ``restart_worker`` stands in for a worker VM restarting (maintenance, a spot preemption): SIGTERM,
@@ -110,13 +114,18 @@ import grpc
 from google.api import monitored_resource_pb2
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import aiplatform_v1
+from google.cloud.aiplatform_v1.services.endpoint_service.transports import EndpointServiceGrpcTransport
 from google.cloud.aiplatform_v1.services.job_service.transports import JobServiceGrpcTransport
+from google.cloud.aiplatform_v1.services.model_service.transports import ModelServiceGrpcTransport
+from google.cloud.aiplatform_v1.services.prediction_service.transports import PredictionServiceGrpcTransport
 from google.cloud.logging_v2.services.logging_service_v2.transports import LoggingServiceV2GrpcTransport
 from google.cloud.logging_v2.types import ListLogEntriesRequest, ListLogEntriesResponse, LogEntry
 from google.logging.type import log_severity_pb2
 from google.longrunning import operations_pb2, operations_pb2_grpc
 from google.protobuf import empty_pb2, json_format, timestamp_pb2
 from google.rpc import status_pb2
+
+from fakes.vertex_serving import ServingServices
 
 JobState = aiplatform_v1.JobState
 TASK = "workerpool0-0"
@@ -266,8 +275,9 @@ class _Operations(operations_pb2_grpc.OperationsServicer):
         return operations_pb2.ListOperationsResponse(operations=ops)
 
 
-class VertexFake:
-    """Vertex AI's JobService and Cloud Logging on one port, with CustomJobs that run (module docstring)."""
+class VertexFake(ServingServices):
+    """Vertex AI's JobService and Cloud Logging on one port, with CustomJobs that run (module docstring);
+    ModelService, EndpointService and PredictionService with endpoints that serve (tests/fakes/vertex_serving.py)."""
 
     def __init__(self, *, workdir: str | Path | None = None, sync_interval_s: float = 0.5,
                  project: str = "test-project", grace_s: float = 30.0):
@@ -287,6 +297,7 @@ class VertexFake:
         self._faults = _Faults()
         self._server: grpc.Server | None = None
         self.address = ""
+        self._serving_init()
 
     # --- serving ----------------------------------------------------------------------------------
     def start(self, port: int = 0) -> str:
@@ -300,9 +311,11 @@ class VertexFake:
             "/google.cloud.aiplatform.v1.JobService/CancelCustomJob": self._cancel,
             "/google.cloud.aiplatform.v1.JobService/DeleteCustomJob": self._delete,
             "/google.logging.v2.LoggingServiceV2/ListLogEntries": self._list_log_entries,
+            **self._serving_handlers(),
         }
         services: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
-        for transport in (JobServiceGrpcTransport, LoggingServiceV2GrpcTransport):
+        for transport in (JobServiceGrpcTransport, LoggingServiceV2GrpcTransport, ModelServiceGrpcTransport,
+                          EndpointServiceGrpcTransport, PredictionServiceGrpcTransport):
             for path, (kind, serializer, deserializer) in _methods(transport).items():
                 service, method = path.strip("/").split("/")
                 if service == "google.longrunning.Operations":
@@ -328,6 +341,7 @@ class VertexFake:
         for job in list(self._jobs.values()):
             if job.thread is not None:
                 job.thread.join(15)
+        self._serving_close()
         if self._server is not None:
             self._server.stop(None)
         if self._own_workdir is not None:
