@@ -173,6 +173,7 @@ def test_quota_and_permission_refusals_are_one_line(aws, tmp_path):
     quota = cli("deploy", tmp_path, "--backend", "sagemaker", "--name", "q1", "--no-local-check")
     assert quota.exit_code == 1 and quota.stderr.count("\n") == 1
     assert "quota 'ml.g5.xlarge for endpoint usage' is 0" in quota.stderr and "Service Quotas" in quota.stderr
+    assert resources() == {"models": [], "configs": [], "endpoints": []}  # a refused endpoint leaves nothing behind
     aws.deny("CreateModel")
     denied = cli("deploy", tmp_path, "--backend", "sagemaker", "--name", "p1", "--no-local-check", "--option", "instance_type=ml.g6.xlarge")
     assert denied.exit_code == 1 and denied.stderr.count("\n") == 1

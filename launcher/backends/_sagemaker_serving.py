@@ -208,9 +208,14 @@ class SageMakerServing:
             self._delete_endpoint(spec.name, place.region)
             existing = None
         if existing is None:
-            self._create_once("endpoint", spec.name, lambda: sagemaker.create_endpoint(
-                EndpointName=spec.name, EndpointConfigName=config_name, Tags=tags),
-                lambda: self._endpoint(spec.name, place.region, raise_missing=True))
+            try:
+                self._create_once("endpoint", spec.name, lambda: sagemaker.create_endpoint(
+                    EndpointName=spec.name, EndpointConfigName=config_name, Tags=tags),
+                    lambda: self._endpoint(spec.name, place.region, raise_missing=True))
+            except Exception:
+                if self._endpoint(spec.name, place.region) is None:  # refused (a quota, a permission): nothing
+                    self._delete_config(config_name, place.region)  # serves the config and model, so leave none
+                raise
         else:
             self._wait_in_service(spec.name, place.region)  # an update needs it at rest
             old_config = existing["EndpointConfigName"]
