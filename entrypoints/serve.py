@@ -54,6 +54,7 @@ import argparse
 import asyncio
 import contextlib
 import hmac
+import importlib.util
 import json
 import logging
 import os
@@ -751,7 +752,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-body-bytes", type=int, default=1 << 20)
     parser.add_argument("--request-timeout", type=float, default=60.0)
     parser.add_argument("--max-concurrency", type=int, default=64)
-    parser.add_argument("--engine", default="auto", help="auto | transformers")
+    parser.add_argument("--engine", default=env.get("LAUNCHER_ENGINE", "auto"),
+                        help="auto (vLLM with a GPU when installed, else transformers) | transformers | vllm (env LAUNCHER_ENGINE)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--batch-wait-ms", type=float, default=5.0)
@@ -802,7 +804,10 @@ def parse_config(argv: list[str] | None = None, env: dict[str, str] | None = Non
     if args.request_timeout <= 0:
         raise ConfigError("--request-timeout must be above 0. To fix: pass seconds, e.g. 60")
     if args.engine not in ("auto", "transformers", "vllm"):
-        raise ConfigError(f"--engine {args.engine} is unknown. To fix: pass auto or transformers")
+        raise ConfigError(f"--engine {args.engine} is unknown. To fix: pass auto, transformers or vllm")
+    if args.engine == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise ConfigError("--engine vllm: vLLM is not installed in this Python. To fix: make vllm-venv, then run "
+                          "this with .venv-vllm/bin/python (or pip install vllm)")
     device = args.device
     if device == "auto":
         device = "cuda" if any(Path("/dev").glob("nvidia[0-9]*")) else "cpu"
