@@ -75,8 +75,10 @@ def moto_server(_moto_endpoint, monkeypatch):
 
 @pytest.fixture(scope="session")
 def _gcs_server():
+    from fakes import gcs
     from gcp_storage_emulator.server import create_server
 
+    gcs.install()  # Cloud Storage's write preconditions, which the emulator ignores
     port = free_port()
     server = create_server("127.0.0.1", port, in_memory=True)
     server.start()

@@ -204,3 +204,19 @@ def test_gcs_prefix_and_archive_are_downloaded_once(gcs_emulator, job_model, cac
     newer = artifacts.model_dir("gs://vertex-out/jobs/run1/model")
     assert newer != local and (newer / "metrics.json").read_bytes() == b'{"schema": 1}'
     assert not local.exists()
+
+
+def test_the_emulator_keeps_cloud_storages_write_preconditions(gcs_emulator):
+    """tests/fakes/gcs.py: a create-only write of an existing object fails as on Cloud Storage."""
+    from google.api_core import exceptions
+
+    from launcher import clouds
+
+    clouds.gcs_client().create_bucket("pre")
+    blob = clouds.gcs_client().bucket("pre").blob("claim")
+    blob.upload_from_string("first", if_generation_match=0)
+    with pytest.raises(exceptions.PreconditionFailed):
+        blob.upload_from_string("second", if_generation_match=0)
+    blob.reload()
+    blob.upload_from_string("third", if_generation_match=blob.generation)  # the current generation: allowed
+    assert blob.download_as_text() == "third"

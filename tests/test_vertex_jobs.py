@@ -147,3 +147,25 @@ def test_the_readme_walk_through_against_a_server_started_by_hand(hand_started):
     from conftest import free_port, walk_through
 
     walk_through(hand_started("gcp_server.py", "--storage-port", str(free_port()), "--vertex-port", str(free_port())), "examples/fin-summary-vertex.yaml", "vertex")
+
+
+def test_two_launchers_racing_make_one_job_and_a_dead_launchers_claim_is_taken_over(job_spec, vertex_fake, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from launcher import clouds
+    from launcher.backends import vertex
+
+    spec = job_spec(name="race", max_steps=1)
+    with ThreadPoolExecutor(2) as pool:  # two launchers at once: one claims the attempt, the other waits for its job
+        handles = list(pool.map(lambda _: api.launch(spec, backend="vertex"), range(2)))
+    assert len(vertex_fake.jobs()) == 1 and handles[0].job_id == handles[1].job_id
+    assert sorted(h.reattached for h in handles) == [False, True]
+    # A launcher that died after claiming attempt 1 of another job, before creating it: its claim is
+    # taken over once stale, and the job is created (once).
+    other = job_spec(name="orphan", max_steps=1)
+    job_id = api.request(other, backend="vertex")[0].job_id
+    clouds.gcs_client().bucket("vx-bucket").blob(f"launcher/jobs/{job_id}/attempts/a1.claim").upload_from_string("0\n")
+    monkeypatch.setattr(vertex, "CLAIM_STALE_S", 0)
+    monkeypatch.setattr(vertex, "CLAIM_WAIT_S", 0)  # no wait for the dead claimant's job
+    handle = api.launch(other, backend="vertex")
+    assert not handle.reattached and [j.labels["launcher_job_id"] for j in vertex_fake.jobs()].count(job_id) == 1

@@ -54,6 +54,7 @@ EXECUTOR_IMAGE = "us-docker.pkg.dev/vertex-ai/training/pytorch-gpu.2-2.py311:lat
 MODULE = "entrypoints.train"
 JOB_LABEL, ATTEMPT_LABEL = "launcher_job_id", "launcher_attempt"
 CLAIM_STALE_S = 600  # a claim this old with no job behind it was left by a launcher that died
+CLAIM_WAIT_S = 30  # how long a launcher that lost the claim waits for the winner's job to appear
 CONSOLE = "https://console.cloud.google.com/vertex-ai/locations/{region}/training/{id}/cpu?project={project}"
 _CHECKPOINT = re.compile(r"/step-(\d+)/complete\.json$")  # a complete checkpoint's marker (entrypoints/checkpoint.py)
 # Words of Vertex's INVALID_ARGUMENT messages -> the spec key that sets them.
@@ -270,7 +271,7 @@ class VertexBackend(VertexServing, Backend):
                 return
             except api.PreconditionFailed:
                 pass
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + CLAIM_WAIT_S
             while time.monotonic() < deadline:
                 landed = self._jobs(place, request.job_id, request.attempt)
                 if landed:

@@ -35,7 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     from google.cloud import storage
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, so `fakes` imports
+    from fakes import gcs
     from fakes.vertex import VertexFake
+
+    gcs.install()  # Cloud Storage's write preconditions, which the emulator ignores
 
     storage_server = create_server("127.0.0.1", args.storage_port, in_memory=True)
     storage_server.start()
