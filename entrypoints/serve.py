@@ -89,6 +89,7 @@ class ServeConfig:
     api_key: str | None = field(default=None, repr=False)
     capture: str | None = None
     capture_percent: float = 100.0
+    capture_kms_key: str | None = None  # encrypts capture objects: an AWS KMS key (s3://) or a Cloud KMS key (gs://)
     capture_flush_s: float = 10.0
     endpoint_name: str | None = None
     variant: str = "AllTraffic"
@@ -179,7 +180,8 @@ class Server:
             from launcher.capture import CaptureWriter
 
             self.capture = CaptureWriter(config.capture, config.endpoint_name or _safe(self.default_model), config.variant,
-                                         percent=config.capture_percent, flush_every_s=config.capture_flush_s)
+                                         percent=config.capture_percent, flush_every_s=config.capture_flush_s,
+                                         kms_key=config.capture_kms_key)
         registry = self.registry = CollectorRegistry()
         self.m_requests = Counter("launcher_requests", "HTTP requests by route and status", ["route", "status"], registry=registry)
         self.m_latency = Histogram("launcher_request_latency_seconds", "Request latency by route", ["route"], registry=registry,
@@ -744,6 +746,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="SageMaker or Vertex AI authenticates callers in front of this container: bind any address without a key")
     parser.add_argument("--capture", default=env.get("LAUNCHER_CAPTURE"), metavar="DEST", help="Capture folder, s3:// or gs:// prefix")
     parser.add_argument("--capture-percent", type=float, default=float(env.get("LAUNCHER_CAPTURE_PERCENT") or 100.0))
+    parser.add_argument("--capture-kms-key", default=env.get("LAUNCHER_CAPTURE_KMS_KEY") or None, metavar="KEY",
+                        help="Encrypt capture objects with this KMS key (S3: SSE-KMS; GCS: a Cloud KMS key name, CMEK)")
     parser.add_argument("--capture-flush-s", type=float, default=10.0)
     parser.add_argument("--endpoint-name", default=env.get("LAUNCHER_ENDPOINT_NAME"), help="The endpoint's name in capture paths")
     parser.add_argument("--variant", default="AllTraffic")
@@ -813,7 +817,7 @@ def parse_config(argv: list[str] | None = None, env: dict[str, str] | None = Non
         device = "cuda" if any(Path("/dev").glob("nvidia[0-9]*")) else "cpu"
     return ServeConfig(
         model=model, adapters=adapters, host=args.host, port=port, api_key=key, capture=args.capture,
-        capture_percent=args.capture_percent, capture_flush_s=args.capture_flush_s, endpoint_name=args.endpoint_name,
+        capture_percent=args.capture_percent, capture_flush_s=args.capture_flush_s, capture_kms_key=args.capture_kms_key, endpoint_name=args.endpoint_name,
         variant=args.variant, max_new_tokens_cap=args.max_new_tokens_cap, default_max_new_tokens=args.default_max_new_tokens,
         max_body_bytes=args.max_body_bytes, request_timeout=args.request_timeout, max_concurrency=args.max_concurrency,
         engine=args.engine, device=device, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, threads=args.threads,

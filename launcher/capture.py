@@ -240,7 +240,7 @@ class CaptureWriter:
 
     def __init__(self, dest: str | Path, endpoint: str, variant: str = DEFAULT_VARIANT, *, percent: float = 100.0,
                  max_records: int = 1000, max_bytes: int = 4 << 20, flush_every_s: float = 10.0,
-                 spill_dir: str | Path | None = None):
+                 spill_dir: str | Path | None = None, kms_key: str | None = None):
         if not 0 <= percent <= 100:
             raise ValueError(f"capture percent is {percent}, expected 0 to 100")
         self.dest = str(dest).rstrip("/")
@@ -248,6 +248,7 @@ class CaptureWriter:
         self.percent = float(percent)
         self.max_records, self.max_bytes, self.flush_every_s = max_records, max_bytes, flush_every_s
         self.spill_dir = Path(spill_dir) if spill_dir else None
+        self.kms_key = kms_key  # S3: SSE-KMS with this key; GCS: CMEK (a Cloud KMS key name)
         self.written = 0  # records in files so far
         self.files: list[str] = []  # what was written, in order
         self._buffer: list[tuple[str, str]] = []  # (inferenceTime, JSON line)
@@ -336,16 +337,17 @@ class CaptureWriter:
 
             bucket, _, prefix = self.dest[5:].partition("/")
             name = f"{prefix}/{key}" if prefix else key
+            encryption = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.kms_key} if self.kms_key else {}
             clouds.aws_client("s3").put_object(Bucket=bucket, Key=name, Body=text.encode("utf-8"),
-                                               ContentType="application/jsonlines")
+                                               ContentType="application/jsonlines", **encryption)
             where = f"s3://{bucket}/{name}"
         elif self.dest.startswith("gs://"):
             from launcher import clouds
 
             bucket, _, prefix = self.dest[5:].partition("/")
             name = f"{prefix}/{key}" if prefix else key
-            clouds.gcs_client().bucket(bucket).blob(name).upload_from_string(text.encode("utf-8"),
-                                                                             content_type="application/jsonlines")
+            clouds.gcs_client().bucket(bucket).blob(name, kms_key_name=self.kms_key).upload_from_string(
+                text.encode("utf-8"), content_type="application/jsonlines")
             where = f"gs://{bucket}/{name}"
         else:
             path = Path(self.dest) / key

@@ -175,6 +175,28 @@ def test_capture_writer_uploads_to_s3_and_gcs(moto_server, gcs_emulator):
     assert parse(body).input_json() == {"inputs": "x"}
 
 
+def test_capture_objects_are_encrypted_with_the_key_named(moto_server, gcs_emulator):
+    from fakes import gcs
+
+    from launcher import clouds
+    from launcher.capture import CaptureWriter, make_record
+
+    clouds.aws_client("s3").create_bucket(Bucket="caps")
+    clouds.gcs_client().create_bucket("gcaps")
+    keys = {"s3://caps/dc": "arn:aws:kms:us-east-1:123456789012:key/capture",
+            "gs://gcaps/dc": "projects/p/locations/us/keyRings/r/cryptoKeys/capture"}
+    written = {}
+    for dest, key in keys.items():
+        writer = CaptureWriter(dest, "ep", flush_every_s=60, kms_key=key)
+        writer.add(make_record(b'{"inputs": "x"}', "application/json", b"[]", "application/json"))
+        writer.close()
+        written[dest] = writer.files[0]
+    head = clouds.aws_client("s3").head_object(Bucket="caps", Key=written["s3://caps/dc"].removeprefix("s3://caps/"))
+    assert head["ServerSideEncryption"] == "aws:kms" and head["SSEKMSKeyId"].endswith("key/capture")  # SSE-KMS
+    name = written["gs://gcaps/dc"].removeprefix("gs://gcaps/")
+    assert gcs.kms_keys[("gcaps", name)] == keys["gs://gcaps/dc"]  # CMEK asked for on the upload
+
+
 # --- the routes ---------------------------------------------------------------------------------------
 def test_health_needs_no_key_and_models_lists_base_and_adapters(served, finished_job):
     assert httpx.get(served.url + "/ping").status_code == 200

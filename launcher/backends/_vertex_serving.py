@@ -62,6 +62,7 @@ OPTION_KEYS = {
     "region": "the region (default LAUNCHER_VERTEX_REGION)",
     "staging_bucket": "the bucket for model files and capture (default LAUNCHER_VERTEX_BUCKET)",
     "prefix": "the prefix in the bucket (default launcher)",
+    "kms_key_name": "a Cloud KMS key (CMEK) for the model, the endpoint and the capture objects",
 }
 DEPLOY_KEYS = {
     "machine_type": "--option machine_type", "accelerator": "--option accelerator", "replica": "--option min_replicas / max_replicas",
@@ -151,6 +152,8 @@ class VertexServing:
                "LAUNCHER_MAX_NEW_TOKENS_CAP": str(spec.max_new_tokens_cap), "LAUNCHER_CAPTURE": capture,
                "LAUNCHER_CAPTURE_PERCENT": f"{spec.capture_percent:g}", "HF_HUB_DISABLE_TELEMETRY": "1",
                "TOKENIZERS_PARALLELISM": "false"}
+        if options.get("kms_key_name"):
+            env["LAUNCHER_CAPTURE_KMS_KEY"] = options["kms_key_name"]  # the container writes capture with it
         container = v1.ModelContainerSpec(image_uri=image, env=[v1.EnvVar(name=k, value=v) for k, v in env.items()],
                                           ports=[v1.Port(container_port=PORT)], predict_route=_serving_check.PREDICT_ROUTE,
                                           health_route=_serving_check.HEALTH_ROUTE)
@@ -177,7 +180,7 @@ class VertexServing:
         labels = {ENDPOINT_LABEL: spec.name, MODEL_LABEL: model_digest}
         if found_model is None:
             body = v1.Model(display_name=f"{spec.name[:52]}-m{model_digest}", artifact_uri=artifact, container_spec=container,
-                            labels=labels)
+                            labels=labels, encryption_spec=_encryption(options))
             with _errors(f"model {body.display_name}", "aiplatform.models.upload", place, keys=DEPLOY_KEYS):
                 upload = models.upload_model(parent=place.parent, model=body,
                                              **({"service_account": options["service_account"]} if options.get("service_account") else {}))
@@ -188,7 +191,8 @@ class VertexServing:
             with _errors(f"endpoint {endpoint_name}", "aiplatform.endpoints.create", place, keys=DEPLOY_KEYS):
                 try:
                     created = endpoints.create_endpoint(parent=place.parent, endpoint_id=spec.name,
-                                                        endpoint=v1.Endpoint(display_name=spec.name, labels={ENDPOINT_LABEL: spec.name}))
+                                                        endpoint=v1.Endpoint(display_name=spec.name, labels={ENDPOINT_LABEL: spec.name},
+                                                                             encryption_spec=_encryption(options)))
                     self._wait(created, f"CreateEndpoint {spec.name}")
                 except Exception as exc:
                     if type(exc).__name__ != "AlreadyExists":
@@ -369,3 +373,9 @@ def _container_message(text: str) -> str:
         return json.loads(text)["error"]["message"]
     except (ValueError, KeyError, TypeError):
         return (text or "no message").strip().splitlines()[0][:300]
+
+
+def _encryption(options: dict[str, Any]) -> Any:
+    from google.cloud import aiplatform_v1 as v1
+
+    return v1.EncryptionSpec(kms_key_name=options["kms_key_name"]) if options.get("kms_key_name") else None

@@ -7,7 +7,9 @@ relies on that (the Vertex backend's per-attempt claim). ``install()`` wraps the
 (media and multipart uploads, what google-cloud-storage sends for small objects) so that the
 precondition is checked and the object written under one lock: ``ifGenerationMatch=0`` means "does not
 exist", ``N`` means "its generation is N". Resumable uploads, ``ifMetagenerationMatch`` and the
-``ifGenerationNotMatch`` forms are not checked.
+``ifGenerationNotMatch`` forms are not checked. The emulator also drops an upload's ``kmsKeyName``
+(customer-managed encryption); ``kms_keys`` records it per ``(bucket, object)`` so a test can check that
+an object was sent to be encrypted with the key it names (nothing is encrypted here).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from gcp_storage_emulator.handlers import objects
 
 _lock = threading.Lock()
 _original = objects.insert
+kms_keys: dict[tuple[str, str], str] = {}  # (bucket, object) -> the kmsKeyName its last upload asked for
 
 
 def _name(request: Any) -> str | None:
@@ -32,6 +35,8 @@ def _name(request: Any) -> str | None:
 
 
 def insert(request: Any, response: Any, storage: Any, *args: Any, **kwargs: Any) -> Any:
+    if request.query.get("kmsKeyName"):
+        kms_keys[(request.params["bucket_name"], _name(request))] = request.query["kmsKeyName"][0]
     wanted = request.query.get("ifGenerationMatch")
     if not wanted or (request.query.get("uploadType") or [""])[0] == "resumable":
         return _original(request, response, storage, *args, **kwargs)
