@@ -12,6 +12,7 @@ import json
 import re
 import shutil
 import tarfile
+import time
 from pathlib import Path
 
 import boto3
@@ -125,7 +126,12 @@ def test_sagemaker_deploy_lifecycle_through_the_cli(aws, finished_job, tmp_path)
     assert resources()["configs"] == [now["EndpointConfigName"]] and len(resources()["models"]) == 1
     uploaded = capture_objects("launcher/models/")
     assert len(uploaded) == 1 and uploaded[0].endswith("/model.tar.gz")  # the local dir, content-addressed
-    assert len(aws.containers(JOB_ID)) == 2 and not aws.containers(JOB_ID)[0].process.alive()
+    assert len(aws.containers(JOB_ID)) == 2
+    old_fleet = aws.containers(JOB_ID)[0].process
+    deadline = time.monotonic() + 60
+    while old_fleet.alive():  # InService comes first; the old fleet then drains and stops, as on SageMaker
+        assert time.monotonic() < deadline, "the old endpoint config's container still runs"
+        time.sleep(0.2)
     assert cli("invoke", JOB_ID, PROMPT, "--max-tokens", "8").exit_code == 0
 
     listed = json.loads(cli("endpoints", "--json").stdout)
