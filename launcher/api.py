@@ -260,8 +260,15 @@ def _resolve_model(model: str | Path) -> tuple[Path, str, str]:
     return folder, endpoint_name(text), info.output if "://" in info.output else ""
 
 
+LOCATION_OPTIONS = ("region", "project", "staging_bucket", "bucket", "prefix")  # where a cloud endpoint lives
+
+
 def _endpoint_backend(name: str, backend: str | None) -> Backend:
-    return registry.get(backend or index.endpoint_backend(name) or "local")
+    runner = registry.get(backend or index.endpoint_backend(name) or "local")
+    location = index.endpoint_location(name)
+    if location:
+        runner._options = location  # the cloud backends look the endpoint up there, not only in the environment's
+    return runner
 
 
 def deploy(model: str | Path, backend: str = "local", name: str | None = None, *, port: int | None = None,
@@ -286,12 +293,13 @@ def deploy(model: str | Path, backend: str = "local", name: str | None = None, *
     spec = EndpointSpec(name=name or default_name, adapters=extra, port=port, capture=capture, capture_percent=capture_percent,
                         max_new_tokens_cap=max_new_tokens_cap, api_key_env=api_key_env, source=str(model), options=options,
                         model_uri=model_uri, local_check=local_check)
+    location = {key: str(options[key]) for key in LOCATION_OPTIONS if (options or {}).get(key)}
     try:
         endpoint = runner.deploy(folder, spec)
     except BackendError:  # a cloud endpoint may exist, Failed: 'endpoints' and 'undeploy NAME' must find it
-        index.record_endpoint(spec.name, runner.name, _now())
+        index.record_endpoint(spec.name, runner.name, _now(), location)
         raise
-    index.record_endpoint(endpoint.name, runner.name, _now())
+    index.record_endpoint(endpoint.name, runner.name, _now(), location)
     return endpoint
 
 

@@ -62,18 +62,26 @@ def _endpoints_path():
     return home() / "endpoints.json"
 
 
-def record_endpoint(name: str, backend: str, recorded_at: str = "") -> None:
+def record_endpoint(name: str, backend: str, recorded_at: str = "", location: dict[str, str] | None = None) -> None:
+    """Remember where endpoint ``name`` was deployed: its backend and, for a cloud, the region (project,
+    bucket) its deploy options named, so invoke and undeploy find it outside the environment's region."""
     with file_lock(home() / "locks" / "index.lock"):
         known = read_json(_endpoints_path())
-        if known.get(name, {}).get("backend") == backend:
+        entry = {"backend": backend, "recorded_at": recorded_at, "location": dict(location or {})}
+        if {k: v for k, v in known.get(name, {}).items() if k != "recorded_at"} == {k: v for k, v in entry.items() if k != "recorded_at"}:
             return
-        known[name] = {"backend": backend, "recorded_at": recorded_at}
+        known[name] = entry
         write_json(_endpoints_path(), known)
 
 
 def endpoint_backend(name: str) -> str | None:
     """The backend endpoint ``name`` was deployed to from this home, if any."""
     return read_json(_endpoints_path()).get(name, {}).get("backend")
+
+
+def endpoint_location(name: str) -> dict[str, str]:
+    """The location options endpoint ``name`` was deployed with from this home (none: the environment's)."""
+    return dict(read_json(_endpoints_path()).get(name, {}).get("location") or {})
 
 
 def endpoint_backends() -> set[str]:

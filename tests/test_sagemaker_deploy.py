@@ -224,3 +224,19 @@ def test_a_lost_create_endpoint_answer_makes_no_second_endpoint(aws, finished_jo
     assert [c for c in aws.calls if c[0] == "CreateEndpoint"] == [("CreateEndpoint", "lossy")]
     assert resources()["endpoints"] == ["lossy"]
     assert cli("undeploy", "lossy").exit_code == 0
+
+
+def test_an_endpoint_deployed_in_another_region_is_found_there(aws, finished_job, tmp_path):
+    """--option region=... at deploy: invoke and undeploy look the endpoint up in that region, not in the
+    environment's (the endpoint index records where it went)."""
+    model = tmp_path / "model"
+    shutil.copytree(finished_job / "model", model)
+    deployed = cli("deploy", model, "--backend", "sagemaker", "--name", "west", "--no-local-check", "--option", "region=us-west-2")
+    assert deployed.exit_code == 0, deployed.output
+    west = boto3.client("sagemaker", region_name="us-west-2")
+    assert [e["EndpointName"] for e in west.list_endpoints()["Endpoints"]] == ["west"] and resources()["endpoints"] == []
+    answered = cli("invoke", "west", PROMPT, "--max-tokens", "8", "--json")
+    assert answered.exit_code == 0, answered.output
+    assert json.loads(answered.stdout)["choices"][0]["message"]["content"]
+    assert cli("undeploy", "west").exit_code == 0
+    assert west.list_endpoints()["Endpoints"] == [] and west.list_models()["Models"] == []
