@@ -150,3 +150,22 @@ def test_bad_options_are_one_line_and_create_nothing(gcp, tmp_path, monkeypatch)
     assert cli("invoke", "ghost", "hi", "--backend", "vertex").exit_code == 2
     assert cli("undeploy", "ghost", "--backend", "vertex").exit_code == 2
     assert gcp.serving.calls == [] and objects("") == []
+
+
+def test_a_deploy_whose_answers_were_lost_is_retried_without_duplicates(gcp, finished_job, tmp_path):
+    """UploadModel and CreateEndpoint answer UNAVAILABLE, sometimes after Vertex acted: the deploy fails in
+    one line, and deploying again finds what was made (by label and by name) instead of making it twice."""
+    model = tmp_path / "model"
+    shutil.copytree(finished_job / "model", model)
+    gcp.faults(rate=1.0, methods={"UploadModel", "CreateEndpoint"}, seed=3)
+    for _ in range(6):  # until an answer was lost after the model was made
+        failed = cli("deploy", model, "--backend", "vertex", "--name", "lossy", "--no-local-check")
+        assert failed.exit_code == 1 and failed.stderr.count("\n") == 1, failed.output
+        if any(after for method, _, after in gcp.injected if method == "UploadModel"):
+            break
+    assert any(after for method, _, after in gcp.injected if method == "UploadModel")
+    gcp.faults(rate=0)
+    deployed = cli("deploy", model, "--backend", "vertex", "--name", "lossy", "--no-local-check", "--json")
+    assert deployed.exit_code == 0, deployed.output
+    assert len(gcp.serving.models) == 1 and list(gcp.serving.endpoints) == ["projects/test-project/locations/us-central1/endpoints/lossy"]
+    assert cli("undeploy", "lossy").exit_code == 0 and gcp.serving.models == {} and gcp.serving.endpoints == {}
