@@ -356,3 +356,15 @@ def sagemaker_endpoints(moto_server, tmp_path):
 
     with SageMakerEndpointsFake(moto_server, workdir=tmp_path / "sagemaker-endpoints") as fake:
         yield fake
+
+
+def assert_same_adapter(resumed, expected, atol: float = 1e-5) -> None:
+    """Two finished jobs (handles) ended with the same LoRA weights: the resume-equivalence check of the
+    cloud tests (an interrupted-and-restarted job against an uninterrupted one)."""
+    import torch
+    from safetensors.torch import load_file
+
+    got, want = (load_file(str(h.artifacts() / "adapter_model.safetensors")) for h in (resumed, expected))
+    assert got.keys() == want.keys()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], atol=atol, rtol=0)

@@ -9,9 +9,7 @@ import time
 
 import boto3
 import pytest
-import torch
-from conftest import SMALL_HP, summary_records, write_jsonl
-from safetensors.torch import load_file
+from conftest import SMALL_HP, assert_same_adapter, summary_records, write_jsonl
 from typer.testing import CliRunner
 
 from launcher import api
@@ -93,10 +91,6 @@ def test_cancel_stops_a_running_job_and_a_resubmission_resumes_it(job_spec, sage
     assert sagemaker_fake.wait(resumed.ref.native_id, timeout=120) == "Stopped"
 
 
-def final_adapter(handle) -> dict:
-    return load_file(str(handle.artifacts() / "adapter_model.safetensors"))
-
-
 def test_a_spot_job_interrupted_and_restarted_ends_with_the_uninterrupted_adapter(job_spec, sagemaker_fake):
     plain = api.launch(job_spec(name="plain", spot=True, epochs=3, checkpoint_every=4, lora_dropout=0.1), backend="sagemaker")
     assert sagemaker_fake.wait(plain.ref.native_id, timeout=180) == "Completed"
@@ -116,10 +110,7 @@ def test_a_spot_job_interrupted_and_restarted_ends_with_the_uninterrupted_adapte
     info = spot.status()
     assert info.state is JobState.SUCCEEDED and "spot saved" in info.message
     assert len(sagemaker_fake.roots(name)) == 2 and "resumed from step-" in "\n".join(spot.logs())
-    expected, resumed = final_adapter(plain), final_adapter(spot)
-    assert expected.keys() == resumed.keys()
-    for key in expected:
-        torch.testing.assert_close(resumed[key], expected[key], atol=1e-5, rtol=0)
+    assert_same_adapter(spot, plain)
 
 
 def test_a_quota_refusal_is_one_line_naming_the_quota(job_spec, sagemaker_fake):

@@ -10,9 +10,7 @@ import time
 
 import grpc
 import pytest
-import torch
-from conftest import SMALL_HP, summary_records, write_jsonl
-from safetensors.torch import load_file
+from conftest import SMALL_HP, assert_same_adapter, summary_records, write_jsonl
 from typer.testing import CliRunner
 
 from launcher import api
@@ -99,10 +97,6 @@ def test_cancel_stops_a_running_job_and_a_resubmission_resumes_it(job_spec, vert
     assert vertex_fake.wait(resumed.ref.native_id, timeout=120) == "JOB_STATE_CANCELLED"
 
 
-def final_adapter(handle) -> dict:
-    return load_file(str(handle.artifacts() / "adapter_model.safetensors"))
-
-
 def test_a_restarted_worker_resumes_and_ends_with_the_uninterrupted_adapter(job_spec, vertex_fake):
     plain = api.launch(job_spec(name="plain", spot=True, epochs=3, checkpoint_every=4, lora_dropout=0.1), backend="vertex")
     assert vertex_fake.wait(plain.ref.native_id, timeout=180) == "JOB_STATE_SUCCEEDED"
@@ -114,10 +108,7 @@ def test_a_restarted_worker_resumes_and_ends_with_the_uninterrupted_adapter(job_
     assert api.launch(job_spec(name="spotty", spot=True, epochs=3, checkpoint_every=4, lora_dropout=0.1), backend="vertex").reattached
     assert vertex_fake.wait(spot.ref.native_id, timeout=180) == "JOB_STATE_SUCCEEDED"
     assert vertex_fake.restarts(spot.ref.native_id) == 1 and "resumed from step-" in "\n".join(spot.logs())
-    expected, resumed = final_adapter(plain), final_adapter(spot)
-    assert expected.keys() == resumed.keys()
-    for key in expected:
-        torch.testing.assert_close(resumed[key], expected[key], atol=1e-5, rtol=0)
+    assert_same_adapter(spot, plain)
 
 
 def test_a_quota_refusal_is_one_line_naming_the_quota_and_region(job_spec, vertex_fake):

@@ -52,7 +52,8 @@ from pathlib import Path
 from typing import Any
 
 from launcher.backends.base import Endpoint, EndpointSpec
-from launcher.errors import BackendError, NotFoundError, SpecError, UserInputError, did_you_mean
+from launcher.backends._serving_check import checked_options, short_digest
+from launcher.errors import BackendError, NotFoundError, SpecError, UserInputError
 
 VARIANT = "AllTraffic"
 TAG = "launcher-endpoint"
@@ -84,20 +85,7 @@ DEPLOY_KEYS = {
 
 def deploy_options(options: dict[str, Any]) -> dict[str, Any]:
     """The ``--option`` keys, checked before anything is made: an unknown key is one line, exit 2."""
-    for key in options:
-        if key not in OPTION_KEYS:
-            raise UserInputError(f"--option {key} is not a SageMaker deploy setting.{did_you_mean(key, OPTION_KEYS)} "
-                                 f"To fix: use one of {', '.join(OPTION_KEYS)}")
-    found = dict(options)
-    for key in ("instance_count", "startup_timeout"):
-        if key in found:
-            try:
-                found[key] = int(found[key])
-            except ValueError:
-                raise UserInputError(f"--option {key}={found[key]} is not a whole number. To fix: e.g. {key}=1") from None
-            if found[key] < 1:
-                raise UserInputError(f"--option {key}={found[key]} must be at least 1. To fix: e.g. {key}=1")
-    return found
+    return checked_options(options, OPTION_KEYS, "SageMaker", ("instance_count", "startup_timeout"))
 
 
 def serving_instance_type(options: dict[str, Any]) -> str:
@@ -140,14 +128,10 @@ def pack(folder: Path) -> bytes:
     return buffer.getvalue()
 
 
-def _short(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:9]
-
-
 def resource_names(endpoint: str, model_body: dict[str, Any], config_body: dict[str, Any]) -> tuple[str, str]:
     """(model name, endpoint config name): the endpoint's name and a digest of what each holds."""
-    model = f"{endpoint[:52]}-m{_short(model_body['PrimaryContainer'], model_body['ExecutionRoleArn'])}"
-    config = f"{endpoint[:52]}-c{_short(model, config_body['ProductionVariants'], config_body.get('DataCaptureConfig'))}"
+    model = f"{endpoint[:52]}-m{short_digest(model_body['PrimaryContainer'], model_body['ExecutionRoleArn'])}"
+    config = f"{endpoint[:52]}-c{short_digest(model, config_body['ProductionVariants'], config_body.get('DataCaptureConfig'))}"
     return model, config
 
 
@@ -398,6 +382,8 @@ class SageMakerServing:
 
     # --- undeploy, list ----------------------------------------------------------------------------
     def undeploy(self, name: str) -> Endpoint:
+        from launcher.backends.sagemaker import _iso
+
         endpoint = self._endpoint(name)
         if endpoint is None:
             raise NotFoundError(f"no SageMaker endpoint '{name}'. To fix: run 'launcher endpoints --backend sagemaker'")
@@ -462,6 +448,8 @@ class SageMakerServing:
         return sorted(found, key=lambda e: e.created_at, reverse=True)
 
     def _describe_endpoint(self, endpoint: dict[str, Any], reattached: bool = False, source: str = "") -> Endpoint:
+        from launcher.backends.sagemaker import _iso
+
         name = endpoint["EndpointName"]
         region = endpoint["EndpointArn"].split(":")[3]
         state, message = endpoint_state(endpoint["EndpointStatus"])
@@ -493,7 +481,3 @@ def _server_message(text: str) -> str:
 
 def _tag_value(text: str) -> str:
     return re.sub(r"[^\w.:/=+\-@ ]", "_", text)[:256]
-
-
-def _iso(value) -> str:
-    return value.isoformat(timespec="seconds").replace("+00:00", "Z") if value is not None else ""

@@ -26,12 +26,41 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from launcher.errors import BackendError
 
 DEFAULT_TIMEOUT = 300.0
 HEALTH_ROUTE, PREDICT_ROUTE = "/health", "/predict"  # what the Vertex AI model's container spec names
 PROBE = [{"role": "user", "content": "Say OK."}]
+
+
+def checked_options(options: dict[str, Any], known: dict[str, str], cloud: str, whole_numbers: tuple[str, ...]) -> dict[str, Any]:
+    """A deploy's ``--option`` keys checked before anything is made: an unknown key, or a count that is
+    not a whole number of at least 1, is one line, exit 2. The counts come back as ints."""
+    from launcher.errors import UserInputError, did_you_mean
+
+    for key in options:
+        if key not in known:
+            raise UserInputError(f"--option {key} is not a {cloud} deploy setting.{did_you_mean(key, known)} "
+                                 f"To fix: use one of {', '.join(known)}")
+    found = dict(options)
+    for key in whole_numbers:
+        if key in found:
+            try:
+                found[key] = int(found[key])
+            except ValueError:
+                raise UserInputError(f"--option {key}={found[key]} is not a whole number. To fix: e.g. {key}=1") from None
+            if found[key] < 1:
+                raise UserInputError(f"--option {key}={found[key]} must be at least 1. To fix: e.g. {key}=1")
+    return found
+
+
+def short_digest(*parts: Any) -> str:
+    """Nine hex digits naming what a cloud resource holds (its bodies as JSON): the same content, the same name."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:9]
 
 
 def platform_env(platform: str, port: int) -> dict[str, str]:

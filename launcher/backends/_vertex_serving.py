@@ -36,7 +36,6 @@ its one prediction is returned as an OpenAI chat completion. Streaming is not of
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -45,7 +44,8 @@ from pathlib import Path
 from typing import Any
 
 from launcher.backends.base import Endpoint, EndpointSpec
-from launcher.errors import BackendError, NotFoundError, SpecError, UserInputError, did_you_mean
+from launcher.backends._serving_check import checked_options, short_digest
+from launcher.errors import BackendError, NotFoundError, SpecError, UserInputError
 
 ENDPOINT_LABEL, MODEL_LABEL = "launcher_endpoint", "launcher_model"
 DEFAULT_ACCELERATOR = "L4:1"
@@ -71,19 +71,8 @@ DEPLOY_KEYS = {
 
 
 def deploy_options(options: dict[str, Any]) -> dict[str, Any]:
-    for key in options:
-        if key not in OPTION_KEYS:
-            raise UserInputError(f"--option {key} is not a Vertex AI deploy setting.{did_you_mean(key, OPTION_KEYS)} "
-                                 f"To fix: use one of {', '.join(OPTION_KEYS)}")
-    found = dict(options)
-    for key in ("min_replicas", "max_replicas"):
-        if key in found:
-            try:
-                found[key] = int(found[key])
-            except ValueError:
-                raise UserInputError(f"--option {key}={found[key]} is not a whole number. To fix: e.g. {key}=1") from None
-            if found[key] < 1:
-                raise UserInputError(f"--option {key}={found[key]} must be at least 1. To fix: e.g. {key}=1")
+    """The ``--option`` keys, checked before anything is made, with the replica counts' defaults."""
+    found = checked_options(options, OPTION_KEYS, "Vertex AI", ("min_replicas", "max_replicas"))
     found.setdefault("min_replicas", 1)
     found.setdefault("max_replicas", found["min_replicas"])
     if found["max_replicas"] < found["min_replicas"]:
@@ -108,10 +97,6 @@ def serving_machine(options: dict[str, Any]) -> dict[str, Any]:
         if not options.get("accelerator"):
             machine.update(accelerator_type="ACCELERATOR_TYPE_UNSPECIFIED", gpus=0)
     return machine
-
-
-def _short(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:9]
 
 
 class VertexServing:
@@ -157,7 +142,7 @@ class VertexServing:
         container = v1.ModelContainerSpec(image_uri=image, env=[v1.EnvVar(name=k, value=v) for k, v in env.items()],
                                           ports=[v1.Port(container_port=PORT)], predict_route=_serving_check.PREDICT_ROUTE,
                                           health_route=_serving_check.HEALTH_ROUTE)
-        model_digest = _short(artifact, image, env)
+        model_digest = short_digest(artifact, image, env)
         resources = v1.DedicatedResources(
             machine_spec=v1.MachineSpec(machine_type=machine["machine_type"], accelerator_type=machine["accelerator_type"],
                                         accelerator_count=machine["gpus"]),

@@ -430,32 +430,30 @@ def _newest_checkpoint(uri: str, place: Place) -> int | None:
 
 
 def _upload_dataset(source: str, prefix_uri: str) -> None:
-    """Upload a local dataset under its content-addressed prefix, once: the ``_complete`` marker, written
-    last, says every file is there."""
+    """A local dataset under its content-addressed prefix (a folder's files flattened into one level)."""
     from launcher.data import dataset_files
 
-    bucket_name, _, prefix = prefix_uri.removeprefix("gs://").partition("/")
-    bucket = clouds.gcs_client().bucket(bucket_name)
-    with clouds.google_errors(prefix_uri, "storage.objects.create", missing=f"create the bucket gs://{bucket_name}"):
-        if bucket.blob(prefix + "_complete").exists():
-            return
-        root = Path(source)
-        for path in dataset_files(root):
-            name = "__".join(path.relative_to(root).parts) if root.is_dir() else path.name
-            bucket.blob(prefix + name).upload_from_filename(str(path))
-        bucket.blob(prefix + "_complete").upload_from_string(b"")
+    root = Path(source)
+    _upload_files([(path, "__".join(path.relative_to(root).parts) if root.is_dir() else path.name) for path in dataset_files(root)],
+                  prefix_uri)
 
 
 def _upload_dataset_folder(folder: Path, prefix_uri: str) -> None:
-    """Upload a model dir under its content-addressed prefix (relative paths kept), once: the
-    ``_complete`` marker, written last, says every file is there."""
+    """A model dir under its content-addressed prefix, relative paths kept."""
+    _upload_files([(path, path.relative_to(folder).as_posix()) for path in sorted(p for p in folder.rglob("*") if p.is_file())],
+                  prefix_uri)
+
+
+def _upload_files(files: list[tuple[Path, str]], prefix_uri: str) -> None:
+    """Upload (file, name) pairs under ``prefix_uri`` once: the ``_complete`` marker, written last, says
+    every file is there, so a later upload of the same content is one lookup."""
     bucket_name, _, prefix = prefix_uri.removeprefix("gs://").partition("/")
     bucket = clouds.gcs_client().bucket(bucket_name)
     with clouds.google_errors(prefix_uri, "storage.objects.create", missing=f"create the bucket gs://{bucket_name}"):
         if bucket.blob(prefix + "_complete").exists():
             return
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            bucket.blob(prefix + path.relative_to(folder).as_posix()).upload_from_filename(str(path))
+        for path, name in files:
+            bucket.blob(prefix + name).upload_from_filename(str(path))
         bucket.blob(prefix + "_complete").upload_from_string(b"")
 
 
@@ -470,16 +468,18 @@ def _upload_once(uri: str, data: bytes) -> None:
             pass
 
 
-def _iso(value) -> str:
-    if not value:
-        return ""
+def _utc(value) -> dt.datetime:
+    """A proto Timestamp (or the datetime proto-plus gives for one) as an aware UTC datetime."""
     stamp = value if isinstance(value, dt.datetime) else value.ToDatetime(tzinfo=dt.timezone.utc)
-    return stamp.astimezone(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return stamp.astimezone(dt.timezone.utc)
+
+
+def _iso(value) -> str:
+    return _utc(value).isoformat(timespec="seconds").replace("+00:00", "Z") if value else ""
 
 
 def _rfc3339(value) -> str:
-    stamp = value if isinstance(value, dt.datetime) else value.ToDatetime(tzinfo=dt.timezone.utc)
-    return stamp.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return _utc(value).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _transient(exc: BaseException) -> bool:
