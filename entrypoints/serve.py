@@ -8,11 +8,13 @@ Routes (a Starlette app served by uvicorn):
 
 * SageMaker: ``GET /ping``, ``POST /invocations``: ``{"inputs": str | [str], "parameters": {...}}`` ->
   ``[{"generated_text": ...}]`` (TGI's shape; ``parameters.adapter_id`` picks an adapter, as in TGI), or
-  ``{"messages": [...]}`` -> an OpenAI chat completion (TGI's and LMI's messages API). Port 8080, or
-  ``SAGEMAKER_BIND_TO_PORT``.
+  ``{"messages": [...]}`` -> an OpenAI chat completion (TGI's and LMI's messages API). ``"stream": true``
+  answers server-sent events (what InvokeEndpointWithResponseStream relays): TGI's token events for
+  ``inputs`` (one string), OpenAI's chunks for ``messages``. Port 8080, or ``SAGEMAKER_BIND_TO_PORT``.
 * Vertex AI: ``AIP_HEALTH_ROUTE`` / ``AIP_PREDICT_ROUTE`` (default ``/health``, ``/predict``) on
   ``AIP_HTTP_PORT``: ``{"instances": [str | {"prompt": ...} | {"messages": [...]}], "parameters": {...}}``
-  -> ``{"predictions": [str, ...]}``.
+  -> ``{"predictions": [str, ...]}``; a bare chat body ``{"messages": [...], "stream": ...}`` (what
+  rawPredict and streamRawPredict forward) is answered as on ``/v1/chat/completions``.
 * OpenAI: ``POST /v1/chat/completions``, ``POST /v1/completions`` (``stream: true``: server-sent events
   ending ``data: [DONE]``), ``GET /v1/models`` (the base and every adapter; ``model`` picks one).
 * ``GET /metrics``: Prometheus text.
@@ -483,7 +485,8 @@ async def _completion(server: Server, payload: Any, deadline: float) -> Any:
 
 
 class Streamed:
-    """A generation answered as server-sent events (OpenAI's chunk objects, then ``data: [DONE]``)."""
+    """A generation answered as server-sent events: OpenAI's chunk objects then ``data: [DONE]`` (``chat``,
+    ``completion``), or TGI's token events, the last carrying ``generated_text`` (``generate``)."""
 
     def __init__(self, kind: str, model: str, request: GenerationRequest, deadline: float, usage: bool):
         self.kind, self.model, self.request, self.deadline, self.usage = kind, model, request, deadline, usage
@@ -491,6 +494,8 @@ class Streamed:
         self.created = _now()
 
     def _chunk(self, text: str | None, finish: str | None, first: bool = False) -> dict[str, Any]:
+        if self.kind == "generate":
+            return {"token": {"text": text or "", "special": False}, "generated_text": None, "details": None}
         if self.kind == "chat":
             delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else ({} if text is None else {"content": text})
             choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
@@ -520,7 +525,10 @@ class Streamed:
                     if chunk.result is not None:
                         result = chunk.result
                         break
-                if result is not None:
+                if result is not None and self.kind == "generate":
+                    yield _sse({"token": {"text": "", "special": True}, "generated_text": result.text,
+                                "details": {"finish_reason": result.finish_reason, "generated_tokens": result.completion_tokens}})
+                elif result is not None:
                     yield _sse(self._chunk(None if self.kind == "chat" else "", result.finish_reason))
                     if self.usage:
                         yield _sse({"id": self.id, "object": "chat.completion.chunk" if self.kind == "chat" else "text_completion",
@@ -541,7 +549,9 @@ class Streamed:
                 yield _sse(error.body())
             finally:
                 await stream.aclose()
-                if result is not None:
+                if result is not None and self.kind == "generate":
+                    out = json.dumps([{"generated_text": result.text}]).encode()
+                elif result is not None:
                     full = _chat_response if self.kind == "chat" else _completion_response
                     out = json.dumps(full(self.model, result, self.id)).encode()
                 else:
@@ -549,7 +559,8 @@ class Streamed:
                     status = status if error else 499
                 server._capture(http_request, route, body, out, status, started, stream=True)
                 server.in_flight -= 1
-            yield b"data: [DONE]\n\n"
+            if self.kind != "generate":  # TGI's stream ends with the generated_text event, OpenAI's with [DONE]
+                yield b"data: [DONE]\n\n"
 
         return StreamingResponse(_nonempty(events()), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -571,9 +582,7 @@ async def _sagemaker(server: Server, payload: Any, deadline: float) -> Any:
 
     payload = _object(payload, '{"inputs": ..., "parameters": {...}} or {"messages": [...]}')
     if "messages" in payload:
-        if payload.get("stream"):
-            raise RequestError(400, "'stream' is not supported on /invocations; use /v1/chat/completions", "stream")
-        return await _chat(server, payload, deadline)
+        return await _chat(server, payload, deadline)  # "stream": true streams OpenAI chunks (LMI's messages API)
     if "inputs" not in payload:
         raise RequestError(400, "'inputs' is required (or 'messages' for a chat request)", "inputs")
     inputs = payload["inputs"]
@@ -584,6 +593,12 @@ async def _sagemaker(server: Server, payload: Any, deadline: float) -> Any:
     model, adapter = server.adapter_for(_get(params, "adapter_id", (str,), "parameters."), "parameters.adapter_id")
     sampling = server.sampling(params, "parameters.", "max_new_tokens")
     full_text = _get(params, "return_full_text", (bool,), "parameters.", default=False)
+    if _get(payload, "stream", (bool,), default=False):  # TGI's stream: token events, the last with generated_text
+        if not isinstance(inputs, str):
+            raise RequestError(400, "'inputs' must be one string when 'stream' is true", "inputs")
+        ids = server.raw_prompt(inputs, "inputs")
+        server.check_fits(ids, sampling, "inputs")
+        return Streamed("generate", model, GenerationRequest(ids, sampling, adapter), deadline, False)
     requests = []
     for index, text in enumerate(texts):
         where = "inputs" if not isinstance(inputs, list) else f"inputs[{index}]"
@@ -599,6 +614,8 @@ async def _vertex(server: Server, payload: Any, deadline: float) -> Any:
     from entrypoints.engines import GenerationRequest
 
     payload = _object(payload, '{"instances": [...], "parameters": {...}}')
+    if "messages" in payload and "instances" not in payload:  # a chat body (Vertex's rawPredict / streamRawPredict)
+        return await _chat(server, payload, deadline)
     instances = _get(payload, "instances", (list,), required=True)
     if not instances or len(instances) > server.config.max_batch * 4:
         raise RequestError(400, f"'instances' must hold 1 to {server.config.max_batch * 4} instances", "instances")

@@ -1,6 +1,6 @@
 """SageMaker deploy end to end through the CLI, against moto and tests/fakes/sagemaker_endpoints.py (the
 endpoint's container is the real serving entrypoint on this machine): deploy a finished SageMaker job by
-id, invoke, capture records in S3 in SageMaker's layout (one per request), re-deploy = re-attach, a new
+id, invoke (and --stream), capture records in S3 in SageMaker's layout (one per request), re-deploy = re-attach, a new
 model = UpdateEndpoint, undeploy removes everything; the local contract check failing fast with nothing
 created; a Failed endpoint's reason and log lines; quota and permission refusals in one line; a lost
 CreateEndpoint answer not making a second endpoint; a bad option creating nothing."""
@@ -108,6 +108,11 @@ def test_sagemaker_deploy_lifecycle_through_the_cli(aws, finished_job, tmp_path)
     refused = cli("invoke", JOB_ID, PROMPT, "--max-tokens", "100000")
     assert refused.exit_code == 2, refused.stderr
     assert "above this endpoint's cap of 1024" in refused.stderr  # the container's own 400
+    streamed = cli("invoke", JOB_ID, PROMPT, "--max-tokens", "8", "--stream", "--json")  # InvokeEndpointWithResponseStream
+    assert streamed.exit_code == 0, streamed.output
+    pieces = [json.loads(line)["text"] for line in streamed.stdout.splitlines()]
+    assert len(pieces) > 1 and "".join(pieces) == answers[0]  # piece by piece, the same greedy answer
+    assert ("InvokeEndpointWithResponseStream", JOB_ID) in aws.calls
 
     again = cli("deploy", JOB_ID, "--backend", "sagemaker", "--json")
     assert again.exit_code == 0 and json.loads(again.stdout)["reattached"] is True
@@ -144,8 +149,9 @@ def test_sagemaker_deploy_lifecycle_through_the_cli(aws, finished_job, tmp_path)
     assert keys and all(re.fullmatch(rf"launcher/capture/{JOB_ID}/AllTraffic/\d{{4}}/\d\d/\d\d/\d\d/[\w-]+\.jsonl", k) for k in keys)
     s3 = boto3.client("s3")
     records = [parse(line) for k in keys for line in s3.get_object(Bucket="ml-bucket", Key=k)["Body"].read().decode().splitlines()]
-    assert len(records) == 4  # two answers, the refusal, the answer after the update: one record per request
-    assert sorted(r.status for r in records) == [200, 200, 200, 400]
+    assert len(records) == 5  # two answers, the refusal, the stream (whole), the answer after the update
+    assert sorted(r.status for r in records) == [200, 200, 200, 200, 400]
+    assert sum(json.loads(r.output_bytes()).get("object") == "chat.completion" for r in records) == 4
     assert all(r.inference_id for r in records)  # InvokeEndpoint's InferenceId reached the container
     assert {json.loads(r.input_bytes())["messages"][0]["content"] for r in records} == {PROMPT}
     gone = cli("invoke", JOB_ID, PROMPT)

@@ -219,6 +219,35 @@ def test_sagemaker_invocations_text_and_chat(served):
     assert chat["usage"]["completion_tokens"] <= 8
 
 
+def test_sagemaker_invocations_stream_tgi_tokens_and_chat_chunks(served):
+    """"stream": true on /invocations (what InvokeEndpointWithResponseStream relays): TGI's token events for
+    inputs, the last carrying the whole generated_text; OpenAI chunks for messages. Each is the same greedy
+    answer as the whole one, and is captured whole."""
+    from launcher.backends.base import streamed_text
+
+    params = {"max_new_tokens": 8}
+    whole = post(served, "/invocations", {"inputs": PROMPT, "parameters": params}).json()[0]["generated_text"]
+    with httpx.stream("POST", served.url + "/invocations", headers={"Authorization": f"Bearer {KEY}"}, timeout=60,
+                      json={"inputs": PROMPT, "parameters": params, "stream": True}) as answer:
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/event-stream")
+        events = [json.loads(line.removeprefix("data:")) for line in answer.iter_lines() if line]
+    assert len(events) > 2 and all(e["generated_text"] is None for e in events[:-1])
+    assert "".join(e["token"]["text"] for e in events[:-1]) == events[-1]["generated_text"] == whole
+    assert events[-1]["details"]["finish_reason"] in ("stop", "length")
+    assert "".join(streamed_text([line.encode() + b"\n" for line in (f"data: {json.dumps(e)}" for e in events)], "x")) == whole
+    chat = {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": 8}
+    text = post(served, "/invocations", chat).json()["choices"][0]["message"]["content"]
+    with httpx.stream("POST", served.url + "/invocations", headers={"Authorization": f"Bearer {KEY}"}, timeout=60,
+                      json={**chat, "stream": True}) as answer:
+        assert "".join(streamed_text(answer.iter_bytes(), "x")) == text
+    captured = [json.loads(r.output_bytes()) for r in records(served)
+                if r.extra["route"] == "/invocations" and json.loads(r.input_bytes()).get("stream") is True]
+    assert [{"generated_text": whole}] in captured  # the stream captured as its whole answer
+    assert any(isinstance(c, dict) and c["choices"][0]["message"]["content"] == text for c in captured)
+    refused = post(served, "/invocations", {"inputs": [PROMPT, PROMPT], "stream": True})
+    assert refused.status_code == 400 and "one string" in refused.json()["error"]["message"]
+
+
 def test_vertex_instances_and_predictions(served):
     answer = post(served, "/predict", {"instances": [PROMPT, {"prompt": "Client Eve"}, {"messages": [{"role": "user", "content": PROMPT}]}],
                                        "parameters": {"max_new_tokens": 6}})

@@ -97,6 +97,10 @@ def test_vertex_deploy_lifecycle_through_the_cli(gcp, finished_job, tmp_path):
     assert answers[0] == answers[1]  # greedy
     refused = cli("invoke", JOB_ID, PROMPT, "--max-tokens", "100000")
     assert refused.exit_code == 2 and "above this endpoint's cap of 1024" in refused.stderr, refused.stderr
+    streamed = cli("invoke", JOB_ID, PROMPT, "--max-tokens", "8", "--stream", "--json")  # StreamRawPredict
+    assert streamed.exit_code == 0, streamed.output
+    pieces = [json.loads(line)["text"] for line in streamed.stdout.splitlines()]
+    assert len(pieces) > 1 and "".join(pieces) == answers[0]  # piece by piece, the same greedy answer
 
     again = cli("deploy", JOB_ID, "--backend", "vertex", "--json")
     assert again.exit_code == 0 and json.loads(again.stdout)["reattached"] is True
@@ -124,8 +128,10 @@ def test_vertex_deploy_lifecycle_through_the_cli(gcp, finished_job, tmp_path):
     assert keys and all(re.fullmatch(rf"launcher/capture/{JOB_ID}/AllTraffic/\d{{4}}/\d\d/\d\d/\d\d/[\w-]+\.jsonl", k) for k in keys)
     bucket = clouds.gcs_client().bucket("vx-bucket")
     records = [parse(line) for k in keys for line in bucket.blob(k).download_as_text().splitlines()]
-    assert len(records) == 4 and sorted(r.status for r in records) == [200, 200, 200, 400]  # one per request
-    assert all(json.loads(r.input_bytes())["instances"][0]["messages"][0]["content"] == PROMPT for r in records)
+    assert len(records) == 5 and sorted(r.status for r in records) == [200, 200, 200, 200, 400]  # one per request
+    bodies = [json.loads(r.input_bytes()) for r in records]
+    assert sum(b.get("stream") is True for b in bodies) == 1  # the raw chat body of the stream, its answer whole
+    assert all((b["messages"] if "messages" in b else b["instances"][0]["messages"])[0]["content"] == PROMPT for b in bodies)
     assert cli("invoke", JOB_ID, PROMPT).exit_code == 2
 
 

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from launcher.backends.base import Endpoint, EndpointSpec
+from launcher.backends.base import Endpoint, EndpointSpec, streamed_text
 from launcher.errors import BackendError, NotFoundError, UserInputError
 from launcher.state import file_lock, read_json, write_json
 
@@ -192,20 +192,7 @@ class LocalServing:
 
     def invoke_stream(self, name: str, request: dict[str, Any]) -> Iterator[str]:
         with self._post(self._live(name), request, stream=True) as answer:
-            for raw in answer:
-                line = raw.decode("utf-8").strip()
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    return
-                event = json.loads(data)
-                if "error" in event:
-                    raise BackendError(f"endpoint '{name}' failed mid-answer: {event['error']['message']}")
-                for choice in event.get("choices", []):
-                    text = choice.get("delta", {}).get("content")
-                    if text:
-                        yield text
+            yield from streamed_text(answer, name)
 
     # --- undeploy, list ----------------------------------------------------------------------------
     def undeploy(self, name: str) -> Endpoint:

@@ -33,13 +33,15 @@ machine (``_serving_check``), unless ``--no-local-check``.
 
 ``invoke`` goes through ``sagemaker-runtime`` ``InvokeEndpoint`` (a chat request on ``/invocations``;
 an ``InferenceId`` per call, which the capture records carry); ``undeploy`` deletes the endpoint, its
-config and its model (the capture and the model data stay in S3). Streaming (InvokeEndpointWithResponse
-Stream) is not wired: ``/invocations`` answers whole. Invoke and undeploy use the environment's region
-(``AWS_REGION``): the endpoint index records only the backend.
+config and its model (the capture and the model data stay in S3). ``invoke --stream`` goes through
+``InvokeEndpointWithResponseStream``: the container answers ``"stream": true`` with server-sent events,
+which SageMaker relays as PayloadParts. Invoke and undeploy use the region the endpoint index recorded
+at deploy (``--option region``), else the environment's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -48,6 +50,7 @@ import re
 import tarfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -356,17 +359,42 @@ class SageMakerServing:
 
     # --- invoke ------------------------------------------------------------------------------------
     def invoke(self, name: str, request: dict[str, Any]) -> dict[str, Any]:
+        body = json.dumps({k: v for k, v in request.items() if k != "stream"}).encode()
+        with self._invoke_errors(name):
+            answer = self._client("sagemaker-runtime").invoke_endpoint(
+                EndpointName=name, Body=body, ContentType="application/json", Accept="application/json", InferenceId=uuid.uuid4().hex)
+        return json.loads(answer["Body"].read())
+
+    def invoke_stream(self, name: str, request: dict[str, Any]) -> Iterator[str]:
+        """InvokeEndpointWithResponseStream: the container's server-sent events arrive as PayloadParts."""
+        from launcher.backends.base import streamed_text
+
+        body = json.dumps({**request, "stream": True}).encode()
+        with self._invoke_errors(name):
+            answer = self._client("sagemaker-runtime").invoke_endpoint_with_response_stream(
+                EndpointName=name, Body=body, ContentType="application/json", Accept="text/event-stream", InferenceId=uuid.uuid4().hex)
+
+        def parts() -> Iterator[bytes]:
+            for event in answer["Body"]:
+                if "PayloadPart" in event:
+                    yield event["PayloadPart"]["Bytes"]
+                for kind in ("ModelStreamError", "InternalStreamFailure"):
+                    if kind in event:
+                        raise BackendError(f"endpoint '{name}' failed mid-answer ({kind}): {event[kind].get('Message', '')}")
+
+        with self._invoke_errors(name):
+            yield from streamed_text(parts(), name)
+
+    @contextlib.contextmanager
+    def _invoke_errors(self, name: str) -> Iterator[None]:
+        """sagemaker-runtime's answers in our words: a missing endpoint, the container's own 4xx/5xx."""
         from launcher.backends.sagemaker import _errors
 
-        runtime = self._client("sagemaker-runtime")
-        body = json.dumps({k: v for k, v in request.items() if k != "stream"}).encode()
         try:
             with _errors(f"endpoint {name}", "sagemaker:InvokeEndpoint"):
-                answer = runtime.invoke_endpoint(EndpointName=name, Body=body, ContentType="application/json",
-                                                 Accept="application/json", InferenceId=uuid.uuid4().hex)
+                yield
         except BackendError as exc:
-            cause = exc.__cause__
-            original = (getattr(cause, "response", None) or {})
+            original = (getattr(exc.__cause__, "response", None) or {})
             error = original.get("Error") or {}
             if error.get("Code") == "ValidationError" and "not found" in error.get("Message", ""):
                 raise NotFoundError(f"no SageMaker endpoint '{name}' in service. To fix: run 'launcher endpoints --backend sagemaker'") from None
@@ -378,7 +406,6 @@ class SageMakerServing:
             raise
         except NotFoundError:
             raise NotFoundError(f"no SageMaker endpoint '{name}'. To fix: run 'launcher endpoints --backend sagemaker'") from None
-        return json.loads(answer["Body"].read())
 
     # --- undeploy, list ----------------------------------------------------------------------------
     def undeploy(self, name: str) -> Endpoint:

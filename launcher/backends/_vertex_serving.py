@@ -31,15 +31,19 @@ undeployed and its Model deleted. ``undeploy`` undeploys every deployed model, d
 the Endpoint (the capture and the model files stay in Cloud Storage). Before creating anything the
 serving contract runs on this machine (``_serving_check``), unless ``--no-local-check``.
 ``invoke`` is PredictionService.Predict with ``{"instances": [{"messages": [...], "max_tokens": N}]}``;
-its one prediction is returned as an OpenAI chat completion. Streaming is not offered.
+its one prediction is returned as an OpenAI chat completion. ``invoke --stream`` is StreamRawPredict: the
+chat body (``"stream": true``) goes to the container's predict route as is, and its server-sent events
+come back as HttpBody messages.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -259,27 +263,48 @@ class VertexServing:
     # --- invoke ------------------------------------------------------------------------------------
     def invoke(self, name: str, request: dict[str, Any]) -> dict[str, Any]:
         from launcher import clouds
-        from launcher.backends.vertex import _errors
 
         place = self._serving_place()
         instance = {k: v for k, v in request.items() if k not in ("stream", "model")}
         parameters = {"adapter_id": request["model"]} if request.get("model") else None
-        endpoint = f"{place.parent}/endpoints/{name}"
-        from google.api_core import exceptions as api
-
-        try:
-            with _errors(f"endpoint {name}", "aiplatform.endpoints.predict", place):
-                try:
-                    answer = clouds.vertex_client("prediction", place.region).predict(
-                        endpoint=endpoint, instances=[instance], parameters=parameters, timeout=300)
-                except (api.InvalidArgument, api.BadRequest) as exc:  # the container's 400, relayed by Vertex AI
-                    raise UserInputError(f"endpoint '{name}' answered 400: {_container_message(exc.message)}") from None
-        except NotFoundError:
-            raise NotFoundError(f"no Vertex AI endpoint '{name}' in {place.parent}. To fix: run 'launcher endpoints --backend vertex'") from None
+        with self._invoke_errors(name, place, "predict"):
+            answer = clouds.vertex_client("prediction", place.region).predict(
+                endpoint=f"{place.parent}/endpoints/{name}", instances=[instance], parameters=parameters, timeout=300)
         text = answer.predictions[0] if answer.predictions else ""
         return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
                 "model": answer.deployed_model_id or name,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": str(text)}, "finish_reason": "stop"}]}
+
+    def invoke_stream(self, name: str, request: dict[str, Any]) -> Iterator[str]:
+        """StreamRawPredict: the chat body goes to the container's predict route as is; its server-sent
+        events come back as HttpBody messages."""
+        from google.api import httpbody_pb2
+
+        from launcher import clouds
+        from launcher.backends.base import streamed_text
+
+        place = self._serving_place()
+        body = httpbody_pb2.HttpBody(content_type="application/json", data=json.dumps({**request, "stream": True}).encode())
+        with self._invoke_errors(name, place, "streamRawPredict"):
+            answers = clouds.vertex_client("prediction", place.region).stream_raw_predict(
+                request={"endpoint": f"{place.parent}/endpoints/{name}", "http_body": body}, timeout=300)
+            yield from streamed_text((answer.data for answer in answers), name)
+
+    @contextlib.contextmanager
+    def _invoke_errors(self, name: str, place: Any, method: str) -> Iterator[None]:
+        """PredictionService's answers in our words: a missing endpoint, the container's own 400."""
+        from google.api_core import exceptions as api
+
+        from launcher.backends.vertex import _errors
+
+        try:
+            with _errors(f"endpoint {name}", f"aiplatform.endpoints.{method}", place):
+                try:
+                    yield
+                except (api.InvalidArgument, api.BadRequest) as exc:  # the container's 400, relayed by Vertex AI
+                    raise UserInputError(f"endpoint '{name}' answered 400: {_container_message(exc.message)}") from None
+        except NotFoundError:
+            raise NotFoundError(f"no Vertex AI endpoint '{name}' in {place.parent}. To fix: run 'launcher endpoints --backend vertex'") from None
 
     # --- undeploy, list ----------------------------------------------------------------------------
     def undeploy(self, name: str) -> Endpoint:

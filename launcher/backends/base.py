@@ -16,14 +16,15 @@ are imported inside the backend's own module (through ``launcher.clouds``), neve
 from __future__ import annotations
 
 import enum
+import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from launcher.errors import NotFoundError, UnsupportedError
+from launcher.errors import BackendError, NotFoundError, UnsupportedError
 
 if TYPE_CHECKING:
     from launcher.spec import ComputeSpec, JobSpec, TrainConfig
@@ -322,3 +323,31 @@ class Backend(ABC):
     def endpoints(self) -> list[Endpoint]:
         """This backend's endpoints, newest first (none where it cannot deploy)."""
         return []
+
+
+def streamed_text(chunks: Iterable[bytes], name: str) -> Iterator[str]:
+    """The answer's text from a serving container's server-sent events, however the transport cut them
+    (an HTTP body line by line, SageMaker's PayloadParts, Vertex's HttpBody messages): OpenAI chunks
+    (``choices[].delta.content`` or ``choices[].text``, up to ``data: [DONE]``) or TGI's token events. An
+    error event mid-answer raises BackendError."""
+    pending = b""
+    for chunk in chunks:
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for raw in lines:
+            line = raw.decode("utf-8").strip()
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                return
+            event = json.loads(data)
+            if "error" in event:
+                raise BackendError(f"endpoint '{name}' failed mid-answer: {event['error']['message']}")
+            token = event.get("token") or {}
+            if token.get("text") and not token.get("special"):
+                yield token["text"]
+            for choice in event.get("choices", []):
+                text = (choice.get("delta") or {}).get("content") or choice.get("text")
+                if text:
+                    yield text

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from launcher import clouds
 from launcher.backends._sagemaker_serving import SageMakerServing
-from launcher.backends.base import Backend, Feature, JobExists, JobInfo, JobRef, JobState, LaunchRequest, followed
+from launcher.backends.base import Backend, JobExists, JobInfo, JobRef, JobState, LaunchRequest, followed
 from launcher.errors import BackendError, MissingExtraError, NotFoundError, SpecError
 
 if TYPE_CHECKING:
@@ -90,10 +90,6 @@ class SageMakerBackend(SageMakerServing, Backend):
     """Training jobs and real-time endpoints on Amazon SageMaker (serving: ``_sagemaker_serving``)."""
 
     name: ClassVar[str] = "sagemaker"
-    unsupported: ClassVar[dict[Feature, str]] = {
-        Feature.STREAM: "the endpoint's /invocations answers whole (InvokeEndpointWithResponseStream is not wired). "
-                        "To fix: invoke without --stream",
-    }
 
     # --- configuration -------------------------------------------------------------------------------
     def _place(self, options: dict[str, Any]) -> Place:

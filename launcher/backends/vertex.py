@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from launcher import clouds
 from launcher.backends._vertex_serving import VertexServing
-from launcher.backends.base import Backend, Feature, JobExists, JobInfo, JobRef, JobState, LaunchRequest, followed
+from launcher.backends.base import Backend, JobExists, JobInfo, JobRef, JobState, LaunchRequest, followed
 from launcher.errors import BackendError, NotFoundError, SpecError
 
 if TYPE_CHECKING:
@@ -88,9 +88,6 @@ class VertexBackend(VertexServing, Backend):
     """Custom training jobs and online prediction endpoints on Google Cloud Vertex AI (serving: ``_vertex_serving``)."""
 
     name: ClassVar[str] = "vertex"
-    unsupported: ClassVar[dict[Feature, str]] = {
-        Feature.STREAM: "PredictionService.Predict answers whole. To fix: invoke without --stream",
-    }
 
     # --- configuration -------------------------------------------------------------------------------
     def _place(self, options: dict[str, Any]) -> Place:

@@ -43,9 +43,12 @@ server's S3 and CloudWatch Logs:
   ``status`` header, so each answer sets both); any other is SageMaker's ``ModelError``
   (HTTP 424, "Received client error (400) from primary with message ..."), with ``OriginalStatusCode`` and
   ``OriginalMessage``. An endpoint that is not InService: ``ValidationError``.
+* **InvokeEndpointWithResponseStream** (moto routes neither its path nor the action): forwarded the same
+  way; the container's body is relayed as it arrives, each piece one ``PayloadPart`` event in AWS's
+  event-stream framing (moto's own ``EventStreamEncoder``), which botocore's parser reads.
 
 Not emulated: more than one variant or instance (``InitialInstanceCount`` is recorded; one container
-serves), serverless and async inference, InvokeEndpointWithResponseStream, autoscaling, the instance's
+serves), serverless and async inference, autoscaling, the instance's
 hardware, VPC and network isolation, IAM and the execution role (never assumed), KMS (recorded only),
 the container's startup health-check timeout (``ready_timeout_s`` stands in), and SageMaker's own
 latency. The FailureReason of a rollback is the fake's own wording.
@@ -53,7 +56,9 @@ latency. The FailureReason of a rollback is the fake's own wording.
 Patched in moto (``install``, undone by ``close``): ``SageMakerResponse.create_model``,
 ``create_endpoint_config``, ``create_endpoint``, ``delete_endpoint`` (wrapped), ``update_endpoint``
 (added), ``FakeEndpointConfig.validate_instance_type`` and ``SageMakerRuntimeResponse.invoke_endpoint``
-(replaced).
+(replaced), ``invoke_endpoint_with_response_stream`` (added), its URL path (added, kept) and
+``DomainDispatcherApplication.infer_service_region_host`` (wrapped: it sends only ``.../invocations`` to
+sagemaker-runtime).
 """
 
 from __future__ import annotations
@@ -73,17 +78,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from moto.core.eventstream import EventStreamEncoder
 from moto.core.responses import ActionResult, EmptyResult
 from moto.core.utils import utcnow as _now
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication
 from moto.sagemaker.exceptions import SagemakerClientError, ValidationError
 from moto.sagemaker.models import FakeEndpointConfig
 from moto.sagemaker.responses import SageMakerResponse
+from moto.sagemakerruntime import urls as runtime_urls
 from moto.sagemakerruntime.responses import SageMakerRuntimeResponse
 
 from fakes.sagemaker import ResourceLimitExceeded
 from fakes.serving import ServingProcess, free_port
 
 VARIANT = "AllTraffic"
+STREAM_PATH = "{0}/endpoints/(?P<name>[^/]+)/invocations-response-stream$"  # moto 5.2.5 routes no such path
 QUOTA_MESSAGE = (
     "The account-level service limit '{instance_type} for endpoint usage' is {limit} Instances, with current "
     "utilization of {used} Instances and a request delta of {delta} Instances. Please use AWS Service Quotas to "
@@ -135,7 +144,7 @@ class SageMakerEndpointsFake:
         self._denied: set[str] = set()
         self._lock = threading.RLock()
         self._originals: dict[tuple[Any, str], Any] = {}
-        self.calls: list[tuple[str, str]] = []  # (action, name) of every create / update / delete
+        self.calls: list[tuple[str, str]] = []  # (action, name) of every create / update / delete / invoke
 
     # --- control API -----------------------------------------------------------------------------
     def refuse_quota(self, instance_type: str, limit: int = 0) -> None:
@@ -183,6 +192,16 @@ class SageMakerEndpointsFake:
         FakeEndpointConfig.validate_instance_type = _validate_instance_type
         self._originals[(SageMakerRuntimeResponse, "invoke_endpoint")] = SageMakerRuntimeResponse.invoke_endpoint
         SageMakerRuntimeResponse.invoke_endpoint = lambda response: fake._invoke(response)
+        SageMakerRuntimeResponse.invoke_endpoint_with_response_stream = lambda response: fake._invoke(response, stream=True)
+        runtime_urls.url_paths.setdefault(STREAM_PATH, runtime_urls.response.dispatch)  # read when the server's app is built
+        infer = self._originals[(DomainDispatcherApplication, "infer_service_region_host")] = DomainDispatcherApplication.infer_service_region_host
+
+        def runtime_stream_too(dispatcher: Any, environ: dict[str, Any], path: str) -> str | None:  # moto sends only .../invocations there
+            host = infer(dispatcher, environ, path)
+            return "runtime." + host.removeprefix("api.") if host and host.startswith("api.sagemaker.") and path.endswith(
+                "/invocations-response-stream") else host
+
+        DomainDispatcherApplication.infer_service_region_host = runtime_stream_too
         return self
 
     def close(self) -> None:
@@ -197,6 +216,7 @@ class SageMakerEndpointsFake:
             setattr(owner, name, original)
         if self._originals:
             del SageMakerResponse.update_endpoint
+            del SageMakerRuntimeResponse.invoke_endpoint_with_response_stream
         self._originals = {}
         if self._own_workdir is not None:
             self._own_workdir.cleanup()
@@ -370,10 +390,11 @@ class SageMakerEndpointsFake:
         return container.process.wait_ready(self.ready_timeout_s)
 
     # --- the runtime -----------------------------------------------------------------------------
-    def _invoke(self, response: Any) -> Any:
+    def _invoke(self, response: Any, stream: bool = False) -> Any:
         name = response.path.split("/")[2] if response.path.startswith("/endpoints/") else response._get_params().get("EndpointName")
         state = self._endpoints.get(name)
         region = getattr(response, "region", "us-east-1")
+        self.calls.append(("InvokeEndpointWithResponseStream" if stream else "InvokeEndpoint", name))
         if state is None or state.current is None or state.current.process is None or not state.current.process.alive():
             body = json.dumps({"__type": "ValidationError", "message": f"Endpoint {name} of account 123456789012 not found."})
             return 400, {"status": 400, "x-amzn-ErrorType": "ValidationError", "Content-Type": "application/json"}, body
@@ -385,18 +406,30 @@ class SageMakerEndpointsFake:
             headers["X-Amzn-SageMaker-Inference-Id"] = inference_id
         request = urllib.request.Request(state.current.process.url + "/invocations", data=body, headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=120) as answer:
-                return 200, {"status": 200, "Content-Type": answer.headers.get("Content-Type", "application/json"),
-                             "x-Amzn-Invoked-Production-Variant": VARIANT}, answer.read()
+            answer = urllib.request.urlopen(request, timeout=120)
         except urllib.error.HTTPError as exc:
             text = exc.read().decode("utf-8", "replace")
             kind = "client" if exc.code < 500 else "server"
-            stream = f"arn:aws:logs:{region}:123456789012:log-group:/aws/sagemaker/Endpoints/{name}"
-            error = {"__type": "ModelError", "ErrorCode": f"{kind.upper()}_ERROR_FROM_MODEL", "LogStreamArn": stream,
+            stream_arn = f"arn:aws:logs:{region}:123456789012:log-group:/aws/sagemaker/Endpoints/{name}"
+            error = {"__type": "ModelError", "ErrorCode": f"{kind.upper()}_ERROR_FROM_MODEL", "LogStreamArn": stream_arn,
                      "OriginalStatusCode": exc.code, "OriginalMessage": text,
-                     "message": f'Received {kind} error ({exc.code}) from primary with message "{text}". See {stream} '
+                     "message": f'Received {kind} error ({exc.code}) from primary with message "{text}". See {stream_arn} '
                                 "in account 123456789012 for more information."}
             return 424, {"status": 424, "x-amzn-ErrorType": "ModelError", "Content-Type": "application/json"}, json.dumps(error)
+        content_type = answer.headers.get("Content-Type", "application/json")
+        if not stream:
+            with answer:
+                return 200, {"status": 200, "Content-Type": content_type, "x-Amzn-Invoked-Production-Variant": VARIANT}, answer.read()
+
+        def parts() -> Any:  # each piece of the container's body as it arrives, one PayloadPart event each
+            encoder = EventStreamEncoder()
+            with answer:
+                while piece := answer.read1(65536):
+                    yield encoder.encode_message({":event-type": "PayloadPart", ":message-type": "event",
+                                                  ":content-type": "application/octet-stream"}, piece)
+
+        return 200, {"status": 200, "Content-Type": "application/vnd.amazon.eventstream",
+                     "X-Amzn-SageMaker-Content-Type": content_type, "x-Amzn-Invoked-Production-Variant": VARIANT}, parts()
 
 
 def _validate_instance_type(self: Any, instance_type: str) -> None:

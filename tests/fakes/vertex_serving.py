@@ -29,13 +29,16 @@
   answer's ``predictions`` come back in a ``PredictResponse`` (built, then ``.extend()``ed: proto-plus
   refuses them in the constructor) with ``deployed_model_id``. A container's 4xx is INVALID_ARGUMENT
   with its body, a 5xx INTERNAL; no deployed model: FAILED_PRECONDITION.
+* **StreamRawPredict**: the request's HttpBody goes to the same container's predict route as is; the
+  answer comes back as HttpBody messages, one per piece as it arrives (server-sent events stay whole
+  only if a piece holds them: readers must buffer, as on Vertex AI).
 
 Capture: the container writes it (``LAUNCHER_CAPTURE`` in the Model's env) to the emulator's ``gs://``
 prefix itself, as it does on Vertex AI; nothing in the fake writes capture records.
 
 Not emulated: dedicated resources (machine type and accelerator recorded; one container serves whatever
 the replica counts), autoscaling, private and dedicated endpoints, traffic across several models
-(Predict goes to the one with the most traffic), RawPredict and the streaming methods, explanations,
+(Predict goes to the one with the most traffic), RawPredict and the other streaming methods, explanations,
 model versions and the registry's aliases, Vertex's own request-response logging, IAM and service
 accounts, and the wording of NOT_FOUND and the filter errors.
 """
@@ -57,6 +60,7 @@ from typing import Any
 
 import grpc
 from google.cloud import aiplatform_v1
+from google.api import httpbody_pb2
 from google.longrunning import operations_pb2
 from google.protobuf import empty_pb2, json_format
 
@@ -115,7 +119,7 @@ class ServingServices:
             endpoint + "CreateEndpoint": self._create_endpoint, endpoint + "GetEndpoint": self._get_endpoint,
             endpoint + "ListEndpoints": self._list_endpoints, endpoint + "DeleteEndpoint": self._delete_endpoint,
             endpoint + "DeployModel": self._deploy_model, endpoint + "UndeployModel": self._undeploy_model,
-            prediction + "Predict": self._predict,
+            prediction + "Predict": self._predict, prediction + "StreamRawPredict": self._stream_raw_predict,
         }
 
     def _serving_close(self) -> None:
@@ -362,15 +366,35 @@ class ServingServices:
         return operation
 
     # --- PredictionService -------------------------------------------------------------------------
-    def _predict(self, request: Any, context) -> Any:
+    def _serving(self, name: str, context) -> _Deployment:
+        """The deployment that takes the endpoint's traffic (the one with the most of the split)."""
         with self._lock:
-            endpoint = self._endpoint(request.endpoint, context)
+            endpoint = self._endpoint(name, context)
             split = dict(endpoint.traffic_split)
-            deployments = self.serving.deployments.get(request.endpoint, {})
+            deployments = self.serving.deployments.get(name, {})
             target = max(split, key=split.get) if split else None
             deployment = deployments.get(target) if target else None
         if deployment is None or deployment.process is None or not deployment.process.alive():
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"The Endpoint {request.endpoint} has no deployed model serving traffic.")
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"The Endpoint {name} has no deployed model serving traffic.")
+        return deployment
+
+    def _stream_raw_predict(self, request: Any, context) -> Any:
+        """The HttpBody to the container's predict route as is; its answer back piece by piece."""
+        deployment = self._serving(request.endpoint, context)
+        http = urllib.request.Request(deployment.process.url + deployment.process.env["AIP_PREDICT_ROUTE"], data=request.http_body.data,
+                                      headers={"Content-Type": request.http_body.content_type or "application/json"}, method="POST")
+        try:
+            answer = urllib.request.urlopen(http, timeout=120)
+        except urllib.error.HTTPError as exc:
+            text = exc.read().decode("utf-8", "replace")
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT if exc.code < 500 else grpc.StatusCode.INTERNAL, text)
+        with answer:
+            content_type = answer.headers.get("Content-Type", "application/json")
+            while piece := answer.read1(65536):
+                yield httpbody_pb2.HttpBody(content_type=content_type, data=piece)
+
+    def _predict(self, request: Any, context) -> Any:
+        deployment = self._serving(request.endpoint, context)
         message = json_format.MessageToDict(v1.PredictRequest.pb(request))
         body = {"instances": _plain(message.get("instances", []))}
         if "parameters" in message:
