@@ -267,7 +267,7 @@ class VertexServing:
         place = self._serving_place()
         instance = {k: v for k, v in request.items() if k not in ("stream", "model")}
         parameters = {"adapter_id": request["model"]} if request.get("model") else None
-        with self._invoke_errors(name, place, "predict"):
+        with self._invoke_errors(name, place):
             answer = clouds.vertex_client("prediction", place.region).predict(
                 endpoint=f"{place.parent}/endpoints/{name}", instances=[instance], parameters=parameters, timeout=300)
         text = answer.predictions[0] if answer.predictions else ""
@@ -285,20 +285,20 @@ class VertexServing:
 
         place = self._serving_place()
         body = httpbody_pb2.HttpBody(content_type="application/json", data=json.dumps({**request, "stream": True}).encode())
-        with self._invoke_errors(name, place, "streamRawPredict"):
+        with self._invoke_errors(name, place):
             answers = clouds.vertex_client("prediction", place.region).stream_raw_predict(
                 request={"endpoint": f"{place.parent}/endpoints/{name}", "http_body": body}, timeout=300)
             yield from streamed_text((answer.data for answer in answers), name)
 
     @contextlib.contextmanager
-    def _invoke_errors(self, name: str, place: Any, method: str) -> Iterator[None]:
+    def _invoke_errors(self, name: str, place: Any) -> Iterator[None]:
         """PredictionService's answers in our words: a missing endpoint, the container's own 400."""
         from google.api_core import exceptions as api
 
         from launcher.backends.vertex import _errors
 
         try:
-            with _errors(f"endpoint {name}", f"aiplatform.endpoints.{method}", place):
+            with _errors(f"endpoint {name}", "aiplatform.endpoints.predict", place):
                 try:
                     yield
                 except (api.InvalidArgument, api.BadRequest) as exc:  # the container's 400, relayed by Vertex AI
