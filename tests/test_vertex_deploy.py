@@ -2,8 +2,8 @@
 real aiplatform_v1 Model/Endpoint/Prediction clients over gRPC; the deployed container is the real serving
 entrypoint on this machine) and gcp-storage-emulator: deploy a finished Vertex job by id, invoke, capture
 records in GCS written by our container (one per request), re-deploy = re-attach, a new model replaces the
-old one, undeploy removes everything; the local contract check failing fast with nothing created; bad
-options creating nothing."""
+old one, streaming through StreamRawPredict, undeploy removes everything; the local contract check failing
+fast with nothing created; quota and permission refusals in one line; bad options creating nothing."""
 
 from __future__ import annotations
 
@@ -144,10 +144,32 @@ def test_the_local_contract_check_fails_fast_and_creates_nothing(gcp, tmp_path):
     assert gcp.serving.calls == [] and objects("") == []
 
 
+def test_quota_and_permission_refusals_are_one_line(gcp, tmp_path):
+    """A DeployModel past the serving quota, and a caller without aiplatform.endpoints.deploy: one line
+    naming the quota (and where to raise it) or the permission; no model is left serving."""
+    (tmp_path / "config.json").write_text("{}")
+    gcp.refuse_serving_quota("NVIDIA_L4", limit=0)
+    quota = cli("deploy", tmp_path, "--backend", "vertex", "--name", "q1", "--no-local-check")
+    assert quota.exit_code == 1 and quota.stderr.count("\n") == 1, quota.stderr
+    assert "quota aiplatform.googleapis.com/custom_model_serving_nvidia_l4_gpus in us-central1 is exhausted" in quota.stderr
+    assert "console.cloud.google.com/iam-admin/quotas" in quota.stderr
+    assert all(not e.deployed_models for e in gcp.serving.endpoints.values())  # nothing serves, nothing bills
+    gcp.deny("aiplatform.endpoints.deploy")
+    denied = cli("deploy", tmp_path, "--backend", "vertex", "--name", "p1", "--no-local-check", "--option", "accelerator=A100-80GB:1")
+    assert denied.exit_code == 1 and denied.stderr.count("\n") == 1, denied.stderr
+    assert "Google Cloud denied aiplatform.endpoints.deploy on endpoint p1" in denied.stderr and "To fix: grant it" in denied.stderr
+    assert all(not e.deployed_models for e in gcp.serving.endpoints.values())
+    assert cli("undeploy", "q1").exit_code == 0 and cli("undeploy", "p1").exit_code == 0  # what was made is removable
+    assert gcp.serving.endpoints == {} and gcp.serving.models == {}
+
+
 def test_bad_options_are_one_line_and_create_nothing(gcp, tmp_path, monkeypatch):
     (tmp_path / "config.json").write_text("{}")
     typo = cli("deploy", tmp_path, "--backend", "vertex", "--option", "machine_typ=g2-standard-8")
     assert typo.exit_code == 2 and "--option machine_typ is not a Vertex AI deploy setting" in typo.stderr
+    gpu = cli("deploy", tmp_path, "--backend", "vertex", "--option", "accelerator=T4:1")
+    assert gpu.exit_code == 2 and gpu.stderr.count("\n") == 1 and "Known kinds: A10G, L4" in gpu.stderr
+    assert "pydantic" not in gpu.stderr
     assert "machine_type" in typo.stderr and typo.stderr.count("\n") == 1
     replicas = cli("deploy", tmp_path, "--backend", "vertex", "--option", "min_replicas=2", "--option", "max_replicas=1")
     assert replicas.exit_code == 2 and "below min_replicas" in replicas.stderr

@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.backends.base import Endpoint, EndpointSpec
-from launcher.backends._serving_check import checked_options, short_digest
+from launcher.backends._serving_check import checked_options, serving_compute, short_digest
 from launcher.errors import BackendError, NotFoundError, SpecError, UserInputError
 
 VARIANT = "AllTraffic"
@@ -95,13 +95,7 @@ def serving_instance_type(options: dict[str, Any]) -> str:
     if options.get("instance_type"):
         return str(options["instance_type"])
     from launcher.backends.sagemaker import instance_type
-    from launcher.spec import ComputeSpec
-
-    try:
-        compute = ComputeSpec.model_validate({"accelerator": options.get("accelerator") or DEFAULT_ACCELERATOR})
-    except ValueError as exc:
-        raise UserInputError(f"--option accelerator={options.get('accelerator')} is not a GPU kind and count "
-                             f"({str(exc).splitlines()[-1].strip()}). To fix: e.g. accelerator=A10G:1, or instance_type=...") from None
+    compute = serving_compute(options, DEFAULT_ACCELERATOR, "accelerator=A10G:1, or instance_type=...")
     return instance_type(compute)[0]
 
 

@@ -56,6 +56,22 @@ def checked_options(options: dict[str, Any], known: dict[str, str], cloud: str, 
     return found
 
 
+def serving_compute(options: dict[str, Any], default: str, example: str) -> Any:
+    """The ``ComputeSpec`` of ``--option accelerator`` (or ``default``); a bad value is one line naming the
+    GPU kinds there are."""
+    from pydantic import ValidationError
+
+    from launcher.errors import UserInputError
+    from launcher.spec import ComputeSpec
+
+    try:
+        return ComputeSpec.model_validate({"accelerator": options.get("accelerator") or default})
+    except ValidationError as exc:
+        why = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        raise UserInputError(f"--option accelerator={options.get('accelerator')} is not a GPU kind and count ({why}). "
+                             f"To fix: e.g. {example}") from None
+
+
 def short_digest(*parts: Any) -> str:
     """Nine hex digits naming what a cloud resource holds (its bodies as JSON): the same content, the same name."""
     import hashlib

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.backends.base import Endpoint, EndpointSpec
-from launcher.backends._serving_check import checked_options, short_digest
+from launcher.backends._serving_check import checked_options, serving_compute, short_digest
 from launcher.errors import BackendError, NotFoundError, SpecError, UserInputError
 
 ENDPOINT_LABEL, MODEL_LABEL = "launcher_endpoint", "launcher_model"
@@ -88,13 +88,7 @@ def deploy_options(options: dict[str, Any]) -> dict[str, Any]:
 def serving_machine(options: dict[str, Any]) -> dict[str, Any]:
     """machine_type, accelerator_type and count: the training mapping for ``accelerator``, or ``machine_type``."""
     from launcher.backends.vertex import machine_spec
-    from launcher.spec import ComputeSpec
-
-    try:
-        compute = ComputeSpec.model_validate({"accelerator": options.get("accelerator") or DEFAULT_ACCELERATOR})
-    except ValueError as exc:
-        raise UserInputError(f"--option accelerator={options.get('accelerator')} is not a GPU kind and count "
-                             f"({str(exc).splitlines()[-1].strip()}). To fix: e.g. accelerator=L4:1") from None
+    compute = serving_compute(options, DEFAULT_ACCELERATOR, "accelerator=L4:1")
     machine = machine_spec(compute)
     if options.get("machine_type"):
         machine["machine_type"] = str(options["machine_type"])
@@ -319,6 +313,11 @@ class VertexServing:
         described = self._describe_endpoint(endpoint, place)
         for deployed in endpoint.deployed_models:
             self._undeploy_one(endpoint_name, deployed.id, place)
+        with _errors(f"models in {place.parent}", "aiplatform.models.list", place):  # a refused deploy's Model, never deployed
+            leftovers = [m.name for m in clouds.vertex_client("model", place.region).list_models(
+                request={"parent": place.parent, "filter": f'labels.{ENDPOINT_LABEL}="{name}"'}, timeout=60)]
+        for model in leftovers:
+            self._delete_model(model, place)
         with _errors(f"endpoint {endpoint_name}", "aiplatform.endpoints.delete", place):
             self._wait(clouds.vertex_client("endpoint", place.region).delete_endpoint(name=endpoint_name), f"DeleteEndpoint {name}")
         described.state, described.message = "Stopped", "undeployed: models undeployed and deleted, endpoint deleted (capture and model files kept)"

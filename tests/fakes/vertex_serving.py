@@ -29,6 +29,10 @@
   answer's ``predictions`` come back in a ``PredictResponse`` (built, then ``.extend()``ed: proto-plus
   refuses them in the constructor) with ``deployed_model_id``. A container's 4xx is INVALID_ARGUMENT
   with its body, a 5xx INTERNAL; no deployed model: FAILED_PRECONDITION.
+* **Refusals a test sets**: ``refuse_serving_quota(accelerator, limit)`` fails a DeployModel past it
+  (its operation ends RESOURCE_EXHAUSTED, "The following quota metrics exceed quota limits:
+  aiplatform.googleapis.com/custom_model_serving_nvidia_l4_gpus"); ``deny(permission)`` makes the methods
+  needing it answer PERMISSION_DENIED ("Permission 'aiplatform.endpoints.deploy' denied on resource ...").
 * **StreamRawPredict**: the request's HttpBody goes to the same container's predict route as is; the
   answer comes back as HttpBody messages, one per piece as it arrives (server-sent events stay whole
   only if a piece holds them: readers must buffer, as on Vertex AI).
@@ -85,6 +89,17 @@ class _ServingState:
     deployments: dict[str, dict[str, _Deployment]] = field(default_factory=dict)  # endpoint -> deployed id -> deployment
     threads: list[threading.Thread] = field(default_factory=list)
     calls: list[tuple[str, str]] = field(default_factory=list)
+    quotas: dict[str, int] = field(default_factory=dict)  # AcceleratorType name -> accelerators all deployments may hold
+    denied: set[str] = field(default_factory=set)  # IAM permissions the caller lacks
+
+
+# The permission each serving method needs (Vertex AI's access control page).
+PERMISSIONS = {"UploadModel": "aiplatform.models.upload", "CreateEndpoint": "aiplatform.endpoints.create",
+               "DeployModel": "aiplatform.endpoints.deploy", "Predict": "aiplatform.endpoints.predict",
+               "StreamRawPredict": "aiplatform.endpoints.predict"}
+DENIED = "Permission '{permission}' denied on resource '//aiplatform.googleapis.com/{resource}' (or it may not exist)."
+SERVING_METRICS = {"NVIDIA_L4": "custom_model_serving_nvidia_l4_gpus", "NVIDIA_TESLA_T4": "custom_model_serving_nvidia_t4_gpus",
+                   "NVIDIA_TESLA_A100": "custom_model_serving_nvidia_a100_gpus", "NVIDIA_H100_80GB": "custom_model_serving_nvidia_h100_gpus"}
 
 
 def _plain(value: Any) -> Any:
@@ -121,6 +136,21 @@ class ServingServices:
             endpoint + "DeployModel": self._deploy_model, endpoint + "UndeployModel": self._undeploy_model,
             prediction + "Predict": self._predict, prediction + "StreamRawPredict": self._stream_raw_predict,
         }
+
+    def refuse_serving_quota(self, accelerator: str, limit: int = 0) -> None:
+        """Deployments may hold at most ``limit`` accelerators of this AcceleratorType name (min replicas x
+        count): a DeployModel past it fails its operation with RESOURCE_EXHAUSTED, in Vertex AI's words."""
+        self.serving.quotas[accelerator] = limit
+
+    def deny(self, permission: str) -> None:
+        """The caller lacks ``permission`` (e.g. aiplatform.endpoints.deploy): the methods needing it answer
+        PERMISSION_DENIED, in Google's words."""
+        self.serving.denied.add(permission)
+
+    def _check_denied(self, method: str, resource: str, context) -> None:
+        permission = PERMISSIONS[method]
+        if permission in self.serving.denied:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, DENIED.format(permission=permission, resource=resource))
 
     def _serving_close(self) -> None:
         for deployments in self.serving.deployments.values():
@@ -194,6 +224,7 @@ class ServingServices:
         from fakes.vertex import _now
 
         self.serving.calls.append(("UploadModel", request.model.display_name))
+        self._check_denied("UploadModel", request.parent, context)
         parent = self._location(request.parent, context)
         model = self._clone(request.model)
         if not model.display_name or not model.artifact_uri or not model.container_spec.image_uri:
@@ -238,6 +269,7 @@ class ServingServices:
         from fakes.vertex import _now
 
         self.serving.calls.append(("CreateEndpoint", request.endpoint_id or request.endpoint.display_name))
+        self._check_denied("CreateEndpoint", request.parent, context)
         parent = self._location(request.parent, context)
         endpoint = self._clone(request.endpoint)
         if not endpoint.display_name:
@@ -279,6 +311,7 @@ class ServingServices:
 
     def _deploy_model(self, request: Any, context) -> operations_pb2.Operation:
         self.serving.calls.append(("DeployModel", request.endpoint))
+        self._check_denied("DeployModel", request.endpoint, context)
         with self._lock:
             endpoint = self._endpoint(request.endpoint, context)
             model = self._clone(self._model(request.deployed_model.model, context))
@@ -289,11 +322,30 @@ class ServingServices:
             deployed_id = str(next(self._serving_ids))
         operation = self._operation(self._location(request.endpoint, context),
                                     v1.DeployModelOperationMetadata(generic_metadata=self._generic()), done=False)
+        refused = self._over_serving_quota(request.deployed_model.dedicated_resources)
+        if refused:
+            self._finish(operation, error=(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], refused))
+            return operation
         thread = threading.Thread(target=self._bring_up, args=(operation, request.endpoint, self._clone(request.deployed_model),
                                                                 model, deployed_id, split), daemon=True)
         self.serving.threads.append(thread)
         thread.start()
         return operation
+
+    def _over_serving_quota(self, resources: Any) -> str | None:
+        """The quota message if these dedicated resources go past a quota a test set."""
+        def held(r: Any, kind: str) -> int:
+            return r.machine_spec.accelerator_count * max(1, r.min_replica_count) if r.machine_spec.accelerator_type.name == kind else 0
+
+        kind = resources.machine_spec.accelerator_type.name
+        if kind not in self.serving.quotas:
+            return None
+        with self._lock:
+            used = sum(held(d.dedicated_resources, kind) for e in self.serving.endpoints.values() for d in e.deployed_models)
+        if used + held(resources, kind) <= self.serving.quotas[kind]:
+            return None
+        metric = SERVING_METRICS.get(kind, f"custom_model_serving_{kind.lower()}_gpus")
+        return f"The following quota metrics exceed quota limits: aiplatform.googleapis.com/{metric}"
 
     def _bring_up(self, operation, endpoint_name: str, deployed: Any, model: Any, deployed_id: str, split: dict) -> None:
         from fakes.vertex import _Mirror, _now
@@ -380,6 +432,7 @@ class ServingServices:
 
     def _stream_raw_predict(self, request: Any, context) -> Any:
         """The HttpBody to the container's predict route as is; its answer back piece by piece."""
+        self._check_denied("StreamRawPredict", request.endpoint, context)
         deployment = self._serving(request.endpoint, context)
         http = urllib.request.Request(deployment.process.url + deployment.process.env["AIP_PREDICT_ROUTE"], data=request.http_body.data,
                                       headers={"Content-Type": request.http_body.content_type or "application/json"}, method="POST")
@@ -394,6 +447,7 @@ class ServingServices:
                 yield httpbody_pb2.HttpBody(content_type=content_type, data=piece)
 
     def _predict(self, request: Any, context) -> Any:
+        self._check_denied("Predict", request.endpoint, context)
         deployment = self._serving(request.endpoint, context)
         message = json_format.MessageToDict(v1.PredictRequest.pb(request))
         body = {"instances": _plain(message.get("instances", []))}
