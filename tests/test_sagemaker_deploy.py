@@ -1,7 +1,7 @@
 """SageMaker deploy end to end through the CLI, against moto and tests/fakes/sagemaker_endpoints.py (the
 endpoint's container is the real serving entrypoint on this machine): deploy a finished SageMaker job by
 id, invoke (and --stream), capture records in S3 in SageMaker's layout (one per request), re-deploy = re-attach, a new
-model = UpdateEndpoint, undeploy removes everything; the local contract check failing fast with nothing
+model = UpdateEndpoint, autoscaling registered and removed, undeploy removes everything; the local contract check failing fast with nothing
 created; a Failed endpoint's reason and log lines; quota and permission refusals in one line; a lost
 CreateEndpoint answer not making a second endpoint; a bad option creating nothing."""
 
@@ -80,7 +80,8 @@ def test_sagemaker_deploy_lifecycle_through_the_cli(aws, finished_job, tmp_path)
     from launcher.capture import parse
 
     artifact = finished_sagemaker_job(finished_job / "model")
-    deployed = cli("deploy", JOB_ID, "--backend", "sagemaker", "--json")
+    deployed = cli("deploy", JOB_ID, "--backend", "sagemaker", "--option", "max_instances=3", "--option", "invocations_per_instance=50",
+                   "--json")
     assert deployed.exit_code == 0, deployed.output
     endpoint = json.loads(deployed.stdout)
     assert endpoint["name"] == JOB_ID and endpoint["state"] == "InService" and endpoint["backend"] == "sagemaker"
@@ -114,8 +115,17 @@ def test_sagemaker_deploy_lifecycle_through_the_cli(aws, finished_job, tmp_path)
     assert len(pieces) > 1 and "".join(pieces) == answers[0]  # piece by piece, the same greedy answer
     assert ("InvokeEndpointWithResponseStream", JOB_ID) in aws.calls
 
-    again = cli("deploy", JOB_ID, "--backend", "sagemaker", "--json")
+    scaling = boto3.client("application-autoscaling")
+    target, = scaling.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"]
+    assert (target["ResourceId"], target["MinCapacity"], target["MaxCapacity"]) == (f"endpoint/{JOB_ID}/variant/AllTraffic", 1, 3)
+    policy, = scaling.describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"]
+    tracking = policy["TargetTrackingScalingPolicyConfiguration"]
+    assert tracking["TargetValue"] == 50 and tracking["PredefinedMetricSpecification"]["PredefinedMetricType"] == \
+        "SageMakerVariantInvocationsPerInstance"
+
+    again = cli("deploy", JOB_ID, "--backend", "sagemaker", "--json")  # without max_instances: no autoscaling
     assert again.exit_code == 0 and json.loads(again.stdout)["reattached"] is True
+    assert scaling.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"] == []
     assert [c for c in aws.calls if c[0] == "CreateEndpoint"] == [("CreateEndpoint", JOB_ID)]
     assert len(resources()["models"]) == 1 and len(resources()["configs"]) == 1
 
@@ -142,9 +152,12 @@ def test_sagemaker_deploy_lifecycle_through_the_cli(aws, finished_job, tmp_path)
     listed = json.loads(cli("endpoints", "--json").stdout)
     assert [(e["name"], e["backend"], e["state"]) for e in listed] == [(JOB_ID, "sagemaker", "InService")]
 
+    assert cli("deploy", newer, "--backend", "sagemaker", "--name", JOB_ID, "--option", "max_instances=2").exit_code == 0
+    assert len(scaling.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"]) == 1
     stopped = cli("undeploy", JOB_ID, "--json")
     assert stopped.exit_code == 0 and json.loads(stopped.stdout)["state"] == "Stopped"
     assert resources() == {"models": [], "configs": [], "endpoints": []}
+    assert scaling.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"] == []  # deregistered first
     keys = capture_objects(f"launcher/capture/{JOB_ID}/AllTraffic/")
     assert keys and all(re.fullmatch(rf"launcher/capture/{JOB_ID}/AllTraffic/\d{{4}}/\d\d/\d\d/\d\d/[\w-]+\.jsonl", k) for k in keys)
     s3 = boto3.client("s3")
@@ -164,7 +177,7 @@ def test_the_local_contract_check_fails_fast_and_creates_nothing(aws, tmp_path):
     assert failed.exit_code == 1
     assert "serving contract check" in failed.stderr and "nothing was created on sagemaker" in failed.stderr
     assert "names no base model" in failed.stderr  # the server's own last log lines
-    assert resources() == {"models": [], "configs": [], "endpoints": []} and aws.calls == []
+    assert resources() == {"models": [], "configs": [], "endpoints": []} and [c for c in aws.calls if not c[0].startswith("Invoke")] == []
     assert capture_objects("") == []  # nothing uploaded either
 
 
@@ -200,12 +213,16 @@ def test_bad_options_are_one_line_and_create_nothing(aws, tmp_path, monkeypatch)
     assert "instance_type" in typo.stderr and typo.stderr.count("\n") == 1
     count = cli("deploy", tmp_path, "--backend", "sagemaker", "--option", "instance_count=0")
     assert count.exit_code == 2 and "must be at least 1" in count.stderr
+    scale = cli("deploy", tmp_path, "--backend", "sagemaker", "--option", "instance_count=2", "--option", "max_instances=1")
+    assert scale.exit_code == 2 and "max_instances=1 is below instance_count=2" in scale.stderr
+    target = cli("deploy", tmp_path, "--backend", "sagemaker", "--option", "invocations_per_instance=lots")
+    assert target.exit_code == 2 and "needs a positive number and max_instances" in target.stderr
     monkeypatch.delenv("LAUNCHER_SAGEMAKER_SERVING_IMAGE")
     no_image = cli("deploy", tmp_path, "--backend", "sagemaker")
     assert no_image.exit_code == 2 and "no serving image for SageMaker" in no_image.stderr
     assert cli("invoke", "ghost", "hi", "--backend", "sagemaker").exit_code == 2
     assert cli("undeploy", "ghost", "--backend", "sagemaker").exit_code == 2
-    assert resources() == {"models": [], "configs": [], "endpoints": []} and aws.calls == []
+    assert resources() == {"models": [], "configs": [], "endpoints": []} and [c for c in aws.calls if not c[0].startswith("Invoke")] == []
 
 
 @pytest.mark.slow

@@ -17,6 +17,10 @@ resource holds, so the same request twice names the same resources):
   destination ``s3://BUCKET/PREFIX/capture`` or ``--capture``, ``KmsKeyId`` if given). SageMaker writes
   the capture records itself, under ``<dest>/<endpoint>/AllTraffic/yyyy/mm/dd/hh/``.
 * **Endpoint** ``<endpoint>``, tagged ``launcher-endpoint``; ``endpoints()`` lists those tags.
+* **Autoscaling** with ``--option max_instances=N``: Application Auto Scaling's scalable target on the
+  variant (``instance_count`` to N) and a target-tracking policy on SageMakerVariantInvocationsPerInstance
+  (``--option invocations_per_instance``, default 70 a minute), tagged ``launcher-autoscaling``; a deploy
+  without it, and ``undeploy``, deregister it.
 
 SageMaker has no idempotency token on any of these creates, and names are unique per account and
 region: each is looked up (Describe) before it is created, and a create whose answer was lost (a
@@ -76,7 +80,12 @@ OPTION_KEYS = {
     "prefix": "the key prefix in the bucket (default launcher)",
     "region": "the region (default AWS_REGION)",
     "startup_timeout": "seconds SageMaker gives the container to pass /ping (default 900)",
+    "max_instances": "autoscaling: up to this many instances (from instance_count), by target tracking",
+    "invocations_per_instance": "autoscaling's target: invocations per instance per minute (default 70)",
 }
+SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
+SCALING_TAG = "launcher-autoscaling"  # on an endpoint whose variant we registered with Application Auto Scaling
+DEFAULT_INVOCATIONS_PER_INSTANCE = 70.0  # AWS's own example target
 # Request fields SageMaker's validation messages name -> the option that sets them.
 DEPLOY_KEYS = {
     "InstanceType": "--option instance_type", "InitialInstanceCount": "--option instance_count",
@@ -88,7 +97,19 @@ DEPLOY_KEYS = {
 
 def deploy_options(options: dict[str, Any]) -> dict[str, Any]:
     """The ``--option`` keys, checked before anything is made: an unknown key is one line, exit 2."""
-    return checked_options(options, OPTION_KEYS, "SageMaker", ("instance_count", "startup_timeout"))
+    found = checked_options(options, OPTION_KEYS, "SageMaker", ("instance_count", "startup_timeout", "max_instances"))
+    if found.get("max_instances", 1 << 30) < found.get("instance_count", 1):
+        raise UserInputError(f"--option max_instances={found['max_instances']} is below instance_count={found.get('instance_count', 1)}. "
+                             "To fix: raise max_instances, or lower instance_count")
+    if "invocations_per_instance" in found:
+        try:
+            found["invocations_per_instance"] = float(found["invocations_per_instance"])
+        except ValueError:
+            found["invocations_per_instance"] = 0.0
+        if found["invocations_per_instance"] <= 0 or "max_instances" not in found:
+            raise UserInputError(f"--option invocations_per_instance={options['invocations_per_instance']} needs a positive number "
+                                 "and max_instances. To fix: e.g. --option max_instances=4 --option invocations_per_instance=70")
+    return found
 
 
 def serving_instance_type(options: dict[str, Any]) -> str:
@@ -172,7 +193,9 @@ class SageMakerServing:
         sagemaker = self._client("sagemaker", place.region)
         existing = self._endpoint(spec.name, place.region)
         if existing is not None and existing["EndpointConfigName"] == config_name and existing["EndpointStatus"] != "Failed":
-            return self._describe_endpoint(self._wait_in_service(spec.name, place.region), reattached=True)
+            described = self._wait_in_service(spec.name, place.region)
+            self._autoscale(spec.name, options, place.region)
+            return self._describe_endpoint(described, reattached=True)
         if spec.local_check and image not in self._aws_images:
             _serving_check.check_contract(model, "sagemaker", spec.name, max_new_tokens_cap=spec.max_new_tokens_cap)
         if digest:
@@ -205,7 +228,56 @@ class SageMakerServing:
         described = self._wait_in_service(spec.name, place.region)
         if old_config and old_config != config_name:
             self._delete_config(old_config, place.region)
+        self._autoscale(spec.name, options, place.region)
         return self._describe_endpoint(described)
+
+    def _autoscale(self, name: str, options: dict[str, Any], region: str | None) -> None:
+        """Application Auto Scaling on the variant: with ``max_instances``, a scalable target from
+        instance_count to it and a target-tracking policy on invocations per instance (both upserts, so a
+        re-deploy applies changed numbers), marked by the endpoint's ``launcher-autoscaling`` tag; without
+        it, a target an earlier deploy made (the tag says so) is removed. Callers who never autoscale need
+        no Application Auto Scaling permission."""
+        from launcher.backends.sagemaker import _errors
+
+        if "max_instances" not in options:
+            self._stop_autoscaling(name, region)
+            return
+        scaling = self._client("application-autoscaling", region)
+        resource = f"endpoint/{name}/variant/{VARIANT}"
+        with _errors(f"autoscaling of endpoint {name}", "application-autoscaling:RegisterScalableTarget", keys=DEPLOY_KEYS):
+            scaling.register_scalable_target(ServiceNamespace="sagemaker", ResourceId=resource, ScalableDimension=SCALABLE_DIMENSION,
+                                             MinCapacity=int(options.get("instance_count", 1)), MaxCapacity=int(options["max_instances"]))
+            scaling.put_scaling_policy(
+                PolicyName=f"{name}-invocations", ServiceNamespace="sagemaker", ResourceId=resource,
+                ScalableDimension=SCALABLE_DIMENSION, PolicyType="TargetTrackingScaling",
+                TargetTrackingScalingPolicyConfiguration={
+                    "TargetValue": float(options.get("invocations_per_instance", DEFAULT_INVOCATIONS_PER_INSTANCE)),
+                    "PredefinedMetricSpecification": {"PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"},
+                    "ScaleInCooldown": 300, "ScaleOutCooldown": 60})
+        with _errors(f"endpoint {name}", "sagemaker:AddTags"):
+            self._client("sagemaker", region).add_tags(ResourceArn=self._endpoint(name, region)["EndpointArn"],
+                                                       Tags=[{"Key": SCALING_TAG, "Value": str(options["max_instances"])}])
+
+    def _stop_autoscaling(self, name: str, region: str | None) -> None:
+        """Deregister the variant's scalable target (its policies go with it) if our tag says there is one."""
+        from launcher.backends.sagemaker import _errors
+
+        endpoint = self._endpoint(name, region)
+        if endpoint is None:
+            return
+        sagemaker = self._client("sagemaker", region)
+        with _errors(f"endpoint {name}", "sagemaker:ListTags"):
+            tags = sagemaker.list_tags(ResourceArn=endpoint["EndpointArn"])["Tags"]
+        if not any(t["Key"] == SCALING_TAG for t in tags):
+            return
+        with _errors(f"autoscaling of endpoint {name}", "application-autoscaling:DeregisterScalableTarget"):
+            try:
+                self._client("application-autoscaling", region).deregister_scalable_target(
+                    ServiceNamespace="sagemaker", ResourceId=f"endpoint/{name}/variant/{VARIANT}", ScalableDimension=SCALABLE_DIMENSION)
+            except NotFoundError:
+                pass
+        with _errors(f"endpoint {name}", "sagemaker:DeleteTags"):
+            sagemaker.delete_tags(ResourceArn=endpoint["EndpointArn"], TagKeys=[SCALING_TAG])
 
     @property
     def _aws_images(self) -> set[str]:
@@ -409,6 +481,7 @@ class SageMakerServing:
         if endpoint is None:
             raise NotFoundError(f"no SageMaker endpoint '{name}'. To fix: run 'launcher endpoints --backend sagemaker'")
         capture = (endpoint.get("DataCaptureConfig") or {}).get("DestinationS3Uri", "")
+        self._stop_autoscaling(name, None)  # before the endpoint goes, as AWS asks
         self._delete_endpoint(name, None)
         self._delete_config(endpoint["EndpointConfigName"], None)
         return Endpoint(name=name, backend=self.name, state="Stopped", model="", created_at=_iso(endpoint.get("CreationTime")),
