@@ -68,6 +68,11 @@ def test_sns_publishes_the_alert_json_with_its_attributes_to_an_sqs_subscriber(m
     assert attributes == {"alert_id": alert.id, "kind": "hallucination", "severity": "critical",
                           "endpoint": "claims-summary-ünicode", "state": "firing"}
 
+    sink.send(make_alert(endpoint="a-very-long-endpoint-name-" * 6))
+    [message] = received(queue)
+    subject = json.loads(message["Body"])["Subject"]
+    assert len(subject) == 100 and subject.endswith("...") and subject.isascii(), "SNS takes up to 100 ASCII characters"
+
 
 def test_an_sns_fifo_topic_drops_a_resent_alert_by_its_id(moto_server):
     import boto3
@@ -335,17 +340,17 @@ def test_delivery_survives_a_failing_sink_without_sending_twice(receiver, caplog
     [alert] = book.evaluate([Signal("claims", "operational", "error_rate", 0.2, 0.05, True, WINDOW)], now=time.time())
     saved = []
 
-    def persist():
-        saved.append(json.dumps(book.to_dict()))
+    def persist():  # the poller's save, with what the sinks had received by then
+        saved.append((len(caplog.records) + len(hook.requests), json.dumps(book.to_dict())))
 
     with caplog.at_level(logging.INFO, logger="launcher.monitor"):
         with pytest.raises(BackendError, match=r"^1 alert deliveries failed and stay in the outbox for the next poll \(http://"):
             sinks.deliver(book, delivered_to, persist)
-        assert json.loads(saved[0])["outbox"][0]["id"] == alert.id, "persisted before anything was sent"
+        assert saved[0][0] == 0 and json.loads(saved[0][1])["outbox"][0]["id"] == alert.id, "persisted before anything was sent"
         # the poller restarts from what it saved
-        book = AlertBook.from_dict(json.loads(saved[-1]))
+        book = AlertBook.from_dict(json.loads(saved[-1][1]))
         assert book.outbox == [alert] and book.sent_to(alert.id) == {"log://"}
         assert sinks.deliver(book, delivered_to, persist) == [alert]
     assert len(caplog.records) == 1, "the log sink had it already: not sent again"
     assert [r["verified"] for r in hook.requests] == [True] * 4
-    assert json.loads(saved[-1])["outbox"] == [] and book.outbox == []
+    assert json.loads(saved[-1][1])["outbox"] == [] and book.outbox == []
