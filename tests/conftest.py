@@ -250,14 +250,11 @@ def pubsub_fake(monkeypatch):
 
     from launcher import clouds
 
-    fake = PubSubFake()
-    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", fake.start())
-    clouds.reset()
-    try:
+    with PubSubFake() as fake:
+        monkeypatch.setenv("PUBSUB_EMULATOR_HOST", fake.address)
+        clouds.reset()  # a publisher cached for another address is not reused
         yield fake
-    finally:
-        clouds.reset()
-        fake.close()
+    clouds.reset()
 
 
 @pytest.fixture

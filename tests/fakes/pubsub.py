@@ -22,7 +22,7 @@ Not emulated: ordering keys (accepted, not enforced), message retention, dead-le
 push subscriptions, exactly-once delivery settings. The wording of INVALID_ARGUMENT answers is the
 fake's own; NOT_FOUND and ALREADY_EXISTS follow Pub/Sub's ("Resource not found (resource=T).").
 
-Control API: ``start``, ``close``, ``deny``, ``published(topic)`` (every message a topic received).
+Control API: ``start``, ``close`` (or ``with PubSubFake() as fake``), ``deny``, ``published(topic)`` (every message a topic received).
 """
 
 from __future__ import annotations
@@ -87,6 +87,14 @@ class PubSubFake:
     def close(self) -> None:
         if self._server is not None:
             self._server.stop(None)
+
+    def __enter__(self) -> PubSubFake:
+        if self._server is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def deny(self, permission: str) -> None:
         """The caller lacks ``permission``: the methods needing it answer PERMISSION_DENIED."""
