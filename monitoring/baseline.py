@@ -92,11 +92,28 @@ class Baseline:
             raise UserInputError(f"{path} is not a baseline this version reads ({exc}). To fix: rebuild it with "
                                  "launcher monitor baseline") from None
 
-    def ensure_embeddings(self, embedder: Any) -> None:
-        """Embed the stored pairs when the baseline was written without the embedding model."""
-        if self.embeddings is None and self.pairs:
-            embedded = embedder.pairs([p for p, _ in self.pairs], [r for _, r in self.pairs])
-            self.embeddings = {"prompt": embedded.prompt, "response": embedded.response}
+    def ensure_embeddings(self, embedder: Any, cache: str | Path | None = None) -> None:
+        """Embed the stored pairs when the baseline was written without the embedding model (as training
+        writes it), once: the vectors are kept in ``cache`` (a folder), named by the pairs' digest."""
+        if self.embeddings is not None or not self.pairs:
+            return
+        import hashlib
+
+        import numpy as np
+
+        digest = hashlib.sha256(json.dumps(self.pairs).encode()).hexdigest()[:16]
+        path = Path(cache) / f"baseline-embeddings-{digest}.npz" if cache else None
+        if path is not None and path.is_file():
+            with np.load(path) as stored:
+                self.embeddings = {"prompt": stored["prompt"].astype(np.float32), "response": stored["response"].astype(np.float32)}
+            return
+        embedded = embedder.pairs([p for p, _ in self.pairs], [r for _, r in self.pairs])
+        self.embeddings = {"prompt": embedded.prompt, "response": embedded.response}
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(f".{path.stem}.partial.npz")
+            np.savez_compressed(partial, prompt=embedded.prompt.astype(np.float16), response=embedded.response.astype(np.float16))
+            partial.replace(path)
 
 
 def _even(items: list, limit: int) -> list:

@@ -107,7 +107,7 @@ def poll(source: str, baseline: Any, *, sinks: list[Any] = (), state_uri: str | 
         raise UserInputError(f"the state {state_uri} belongs to source {state['source']}, not {source}. To fix: give each "
                              "source its own --state")
     state = state or {"version": STATE_VERSION, "source": source, "done": {}, "pending": _empty_pending(), "windows": [],
-                      "alerts": None, "delivered": {}, "totals": {"records": 0, "skipped": 0, "flagged": 0}}
+                      "alerts": None, "totals": {"records": 0, "skipped": 0, "flagged": 0}}
     book = AlertBook.from_dict(state["alerts"]) if state.get("alerts") else AlertBook()
     sent: list[dict] = []
 
@@ -232,7 +232,9 @@ def _test_window(state: dict[str, Any], baseline: Any, taken: dict[str, Any], em
     if embeddings and taken.get("prompt") is not None:
         from monitoring.embed import Embedder
 
-        baseline.ensure_embeddings(Embedder.load())
+        from launcher import index
+
+        baseline.ensure_embeddings(Embedder.load(), index.home() / "monitor" / "cache")
         embedded = {"prompt": taken["prompt"], "response": taken["response"]}
     drift = drift_tests(baseline, taken["rows"], embedded, alpha)
     records = len(taken["ok"])
@@ -249,7 +251,7 @@ def _test_window(state: dict[str, Any], baseline: Any, taken: dict[str, Any], em
     signals = []
     for side, tests in drift.items():
         for metric, test in tests.items():
-            signals.append(Signal(endpoint=endpoint, kind="drift", metric=metric, value=test.statistic, threshold=test.threshold,
+            signals.append(Signal(endpoint=endpoint, kind="drift", metric=metric, value=test.p_value, threshold=test.threshold,
                                   breached=test.drifted, window=window, severity="warning", examples=(), report=report))
     signals.append(Signal(endpoint=endpoint, kind="hallucination", metric="hallucination_rate", value=hallucination.rate,
                           threshold=hallucination.threshold, breached=hallucination.breached, window=window,
@@ -295,35 +297,51 @@ def _metrics_item(endpoint: str, window: dict[str, Any]) -> dict[str, Any]:
     return {"endpoint": endpoint, "window": {k: window[k] for k in ("id", "start", "end", "records")}, "values": values}
 
 
+class _CrashAfterSend:
+    """Tests only: the sink sends, then the process dies before the delivery is confirmed."""
+
+    def __init__(self, sink: Any):
+        self.sink, self.uri = sink, sink.uri
+
+    def send(self, alert: Any) -> None:
+        self.sink.send(alert)
+        raise SystemExit(137)
+
+    def metrics(self, *args: Any) -> None:
+        self.sink.metrics(*args)
+
+
 def _deliver(state: dict[str, Any], book: Any, sinks: list[Any], state_uri: str, token: str | None, sent: list[dict],
              crash_at: str | None) -> str | None:
-    """Send the outbox (alerts, then window metrics) to every sink, confirming each delivery in the state
-    as it happens (a sink that failed is retried by the next poll; those that took it are not). With no
-    sink, the poll's own output (``alerts``) is the delivery."""
-    delivered = state.setdefault("delivered", {})
-    for alert in list(book.outbox):
-        done = set(delivered.get(alert.id, []))
-        for sink in sinks:
-            if sink.uri in done:
-                continue
-            sink.send(alert)
-            if crash_at == "after-send":
-                raise SystemExit(137)
-            done.add(sink.uri)
-            delivered[alert.id] = sorted(done)
-            token = store.save(state_uri, state, token)
-        book.mark_sent(alert.id)
-        delivered.pop(alert.id, None)
-        sent.append(alert.to_json())
+    """Send the outbox (``monitoring.sinks.deliver``: alerts, each sink confirmed in the state as it
+    takes one), then the windows' metrics. With no sink, the poll's own output (``alerts``) is the
+    delivery."""
+    from monitoring.sinks import deliver
+
+    box = [token]
+
+    def persist() -> None:
         state["alerts"] = book.to_dict()
-        token = store.save(state_uri, state, token)
+        box[0] = store.save(state_uri, state, box[0])
+
+    if not book.outbox and not state.get("metrics_outbox"):
+        return token
+    if sinks:
+        targets = [_CrashAfterSend(sinks[0]), *sinks[1:]] if crash_at == "after-send" else list(sinks)
+        delivered = deliver(book, targets, persist)
+    else:
+        delivered = list(book.outbox)
+        for alert in delivered:
+            book.mark_sent(alert.id)
+        persist()
+    sent += [alert.to_json() for alert in delivered]
     while state.get("metrics_outbox"):
         item = state["metrics_outbox"][0]
         for sink in sinks:
             sink.metrics(item["endpoint"], item["window"], item["values"])
         state["metrics_outbox"] = state["metrics_outbox"][1:]
-        token = store.save(state_uri, state, token)
-    return token
+        persist()
+    return box[0]
 
 
 def now_iso() -> str:
