@@ -14,7 +14,8 @@ Derivations tried (``derivations``), over the prompt's numbers whose units agree
 
 * one number times 1/2, 1/3, 2/3, 1/4, 3/4, 2, 12 (a month -> a year), 1/12, 52 (a week -> a year), 1/52;
 * two numbers: sum, difference, product, ratio, ratio as a percentage, ``p%`` of the other, and the
-  percentage change from one to the other;
+  percentage change from one to the other, one's share of the two; one amount's share of its unit's
+  total, as a percentage;
 * the sum of all the prompt's amounts of one unit (total holdings).
 
 A derived value matches when it is within half a unit of the response's last stated digit (``$1,066.67``
@@ -71,10 +72,12 @@ def derivations(numbers: list[tuple[float, str]], unit: str) -> list[float]:
         out = [v * f for v in plain for f in FRACTIONS]
         for a, b in itertools.permutations(money, 2):
             if b:
-                out += [a / b * 100, (a - b) / b * 100]
+                out += [a / b * 100, (a - b) / b * 100, a / (a + b) * 100 if a + b else 0.0]
+        for kind in {u for _, u in numbers if u not in ("%", "ordinal")}:  # a share of the total
+            total = sum(v for v, u in numbers if u == kind)
+            out += [v / total * 100 for v, u in numbers if u == kind and total]
         return out
     same = [v for v, u in numbers if u == unit or u == "" or unit == ""]
-    same = [v for v in same]
     out = [v * f for v in same for f in FRACTIONS]
     percents = [v for v, u in numbers if u == "%"]
     for a, b in itertools.combinations(same, 2):
@@ -98,7 +101,7 @@ def ground(prompt: str, response: str, *, prompt_facts: set[facts.Fact] | None =
     located = facts.located(response) if located is None else located
     spans: dict[facts.Fact, str] = {}
     for fact, start, end in located:
-        spans.setdefault(fact, response[start:end].strip())
+        spans.setdefault(fact, response[start:end].strip().rstrip(".,;:-"))
     if not spans:
         return Grounding(0.0)
     sources = prompt_facts if prompt_facts is not None else facts.extract(prompt, source=True)

@@ -54,10 +54,13 @@ def load(uri: str) -> tuple[dict[str, Any], str | None]:
             with clouds.aws_errors(uri, "s3:GetObject", missing="nothing: a first poll creates it"):
                 answer = clouds.aws_client("s3").get_object(Bucket=bucket, Key=key)
                 return json.loads(answer["Body"].read()), answer["ETag"]
-        blob = clouds.gcs_client().bucket(bucket).blob(key)
         with clouds.google_errors(uri, "storage.objects.get", missing="nothing: a first poll creates it"):
-            data = blob.download_as_bytes()
-            return json.loads(data), str(blob.generation)
+            blob = clouds.gcs_client().bucket(bucket).get_blob(key)
+            if blob is None:
+                return {}, None
+            generation = blob.generation
+            data = blob.download_as_bytes(if_generation_match=generation)  # the generation the token names
+            return json.loads(data), str(generation)
     except NotFoundError:
         return {}, None
 

@@ -11,6 +11,7 @@ extra's scipy, scikit-learn, sentence-transformers) is imported inside the comma
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from pathlib import Path
@@ -77,7 +78,8 @@ def _poll_once(source: str, baseline_path: str, sinks: list[str], state: str | N
     parsed = parse_sinks(sinks)
     baseline = Baseline.load(baseline_path)
     return poll(source, baseline, sinks=parsed, state_uri=state, window=window, flush=flush, embeddings=embeddings, alpha=alpha,
-                report_dir=report_dir, endpoint=endpoint)
+                report_dir=report_dir, endpoint=endpoint,
+                crash_at=os.environ.get("LAUNCHER_MONITOR_CRASH_AT") or None)  # fault injection for the exactly-once tests
 
 
 def _common_checks(window: int, alpha: float) -> None:
