@@ -166,7 +166,8 @@ def terraform_outputs(source: Path) -> dict[str, Any]:
         done = subprocess.run([terraform, f"-chdir={source}", "output", "-json", "-no-color"], capture_output=True, text=True,
                               timeout=300, stdin=subprocess.DEVNULL)
         if done.returncode != 0:
-            problem = next((line.strip(" │╷╵") for line in done.stderr.splitlines() if line.strip(" │╷╵")), f"exit {done.returncode}")
+            lines = [line.strip(" │╷╵") for line in done.stderr.splitlines() if line.strip(" │╷╵")]
+            problem = next((line for line in lines if line.startswith("Error:")), lines[0] if lines else f"exit {done.returncode}")
             raise UserInputError(f"'terraform output' failed in {source}: {problem}. To fix: run 'terraform -chdir={source} init' "
                                  "and 'apply' first")
         text, where = done.stdout, f"terraform output of {source}"

@@ -41,8 +41,7 @@ def offline_env(tmp_path: Path, mirror: Path) -> dict[str, str]:
         f'  filesystem_mirror {{\n    path    = "{mirror}"\n    include = ["registry.terraform.io/hashicorp/*"]\n  }}\n'
         '  direct {\n    exclude = ["registry.terraform.io/hashicorp/*"]\n  }\n}\n'
     )
-    return {**os.environ, "TF_CLI_CONFIG_FILE": str(config), "TF_IN_AUTOMATION": "1", "CHECKPOINT_DISABLE": "1",
-            "TF_PLUGIN_CACHE_DIR": "", "TF_DATA_DIR": str(tmp_path / "tf-data")}
+    return {**os.environ, "TF_CLI_CONFIG_FILE": str(config), "TF_IN_AUTOMATION": "1", "CHECKPOINT_DISABLE": "1"}
 
 
 def copy_module(name: str, into: Path) -> Path:
