@@ -209,15 +209,22 @@ def run(command: list[str], stdin: str | None = None, echo: Callable[[str], None
                            f"To fix: correct what it names{daemon}, then run it again")
 
 
+def _plan(kind: str, repository_uri: str | None, backend: str | None, builder: str | None, base_image: str | None,
+          source: str | Path | None, *, for_push: bool) -> tuple[Context, Plan, str]:
+    """The context, the plan (image name with its content tag, builder) and the builder's path."""
+    check_kind(kind)
+    ctx = context(source_root(source))
+    name, executable = find_builder(builder)
+    image = f"{repository(repository_uri, backend, for_push=for_push)}:{tag(kind, ctx, base_image)}"
+    return ctx, Plan(kind, image, name, files=len(ctx.files)), executable
+
+
 def build(kind: str, *, repository_uri: str | None = None, backend: str | None = None, builder: str | None = None,
           base_image: str | None = None, source: str | Path | None = None, dry_run: bool = False,
           echo: Callable[[str], None] | None = None) -> Plan:
     """Build the ``kind`` image from an assembled context, tagged ``REPOSITORY:<kind>-<hash>``."""
-    check_kind(kind)
-    ctx = context(source_root(source))
-    name, executable = find_builder(builder)
-    image = f"{repository(repository_uri, backend, for_push=False)}:{tag(kind, ctx, base_image)}"
-    plan = Plan(kind, image, name, files=len(ctx.files))
+    ctx, plan, executable = _plan(kind, repository_uri, backend, builder, base_image, source, for_push=False)
+    image, name = plan.image, plan.builder
     if dry_run:
         plan.commands = [build_command(name, KINDS[kind], image, "CONTEXT", base_image)]
         return plan
@@ -234,11 +241,8 @@ def push(kind: str, *, repository_uri: str | None = None, backend: str | None = 
          echo: Callable[[str], None] | None = None) -> Plan:
     """Log in to the repository's registry through its SDK and push the ``kind`` image ``build`` made
     from this source (the same content hash names it)."""
-    check_kind(kind)
-    ctx = context(source_root(source))
-    name, executable = find_builder(builder)
-    image = f"{repository(repository_uri, backend, for_push=True)}:{tag(kind, ctx, base_image)}"
-    plan = Plan(kind, image, name, files=len(ctx.files))
+    _, plan, executable = _plan(kind, repository_uri, backend, builder, base_image, source, for_push=True)
+    image, name = plan.image, plan.builder
     host = image.split("/", 1)[0]
     if "/" not in image or "." not in host and ":" not in host:
         raise UserInputError(f"'{image.rsplit(':', 1)[0]}' names no registry to push to. To fix: pass --repository "

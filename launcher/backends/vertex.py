@@ -129,7 +129,7 @@ class VertexBackend(VertexServing, Backend):
         env = os.environ
         adc = Path(env.get("CLOUDSDK_CONFIG", Path.home() / ".config" / "gcloud")) / "application_default_credentials.json"
         credentials = env.get("VERTEX_EMULATOR_HOST") or env.get("GOOGLE_APPLICATION_CREDENTIALS") or adc.is_file()
-        return bool(credentials and (env.get("LAUNCHER_VERTEX_PROJECT") or env.get("GOOGLE_CLOUD_PROJECT")))
+        return bool(credentials and (env.get("LAUNCHER_VERTEX_PROJECT") or env.get("GOOGLE_CLOUD_PROJECT") or profile.value("vertex", "project")))
 
     def check(self, spec: JobSpec) -> list[str]:
         warnings = super().check(spec)

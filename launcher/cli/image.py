@@ -14,51 +14,42 @@ from launcher.cli.common import json_option, output
 image_app = typer.Typer(help="Build and push the training and serving images (container/Dockerfile.train, .serve).",
                         no_args_is_help=True)
 
-KIND_HELP = "train (container/Dockerfile.train) or serve (container/Dockerfile.serve)."
-REPOSITORY_HELP = "Registry/repository to tag with (default: the profile's image_repository; build only: 'launcher')."
-
-
-def _options(kind, repository, backend, builder, base_image, source, dry_run) -> dict:  # noqa: ANN001 - typer values
-    return {"repository_uri": repository, "backend": backend, "builder": builder, "base_image": base_image,
-            "source": source, "dry_run": dry_run, "echo": lambda line: typer.echo(line, err=True)}
+# The options build and push share (typer reads each default; one object serves both commands).
+KIND = typer.Argument(..., metavar="KIND", help="train (container/Dockerfile.train) or serve (container/Dockerfile.serve).")
+REPOSITORY = typer.Option(None, "--repository",
+                          help="Registry/repository to tag with (default: the profile's image_repository; build only: 'launcher').")
+BACKEND = typer.Option(None, "--backend", "-b", help="Whose profile repository: sagemaker or vertex (when it names both).")
+BUILDER = typer.Option(None, "--builder", envvar="LAUNCHER_IMAGE_BUILDER",
+                       help="docker or buildah (env: LAUNCHER_IMAGE_BUILDER; default: docker, else buildah).")
+BASE_IMAGE = typer.Option(None, "--base-image", help="The Dockerfile's BASE_IMAGE (default: the Dockerfile's; push: the one built with).")
+SOURCE = typer.Option(None, "--source", help="The project's source tree (default: this checkout).")
 
 
 @image_app.command("build")
-def build(
-    kind: str = typer.Argument(..., metavar="KIND", help=KIND_HELP),
-    repository: str = typer.Option(None, "--repository", help=REPOSITORY_HELP),
-    backend: str = typer.Option(None, "--backend", "-b", help="Whose profile repository: sagemaker or vertex (when it names both)."),
-    builder: str = typer.Option(None, "--builder", envvar="LAUNCHER_IMAGE_BUILDER",
-                                help="docker or buildah (env: LAUNCHER_IMAGE_BUILDER; default: docker, else buildah)."),
-    base_image: str = typer.Option(None, "--base-image", help="The Dockerfile's BASE_IMAGE (default: the Dockerfile's)."),
-    source: str = typer.Option(None, "--source", help="The project's source tree (default: this checkout)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the tag and the command; build nothing."),
-    as_json: bool = json_option(),
-) -> None:
+def build(kind: str = KIND, repository: str = REPOSITORY, backend: str = BACKEND, builder: str = BUILDER,
+          base_image: str = BASE_IMAGE, source: str = SOURCE,
+          dry_run: bool = typer.Option(False, "--dry-run", help="Print the tag and the command; build nothing."),
+          as_json: bool = json_option()) -> None:
     """Build an image from the assembled context, tagged by its content hash."""
-    from launcher import image
-
-    plan = image.build(kind, **_options(kind, repository, backend, builder, base_image, source, dry_run))
-    output(plan, as_json, lambda p: _render(p, "Would build" if dry_run else "Built", dry_run))
+    _run("build", kind, repository, backend, builder, base_image, source, dry_run, as_json)
 
 
 @image_app.command("push")
-def push(
-    kind: str = typer.Argument(..., metavar="KIND", help=KIND_HELP),
-    repository: str = typer.Option(None, "--repository", help=REPOSITORY_HELP),
-    backend: str = typer.Option(None, "--backend", "-b", help="Whose profile repository: sagemaker or vertex (when it names both)."),
-    builder: str = typer.Option(None, "--builder", envvar="LAUNCHER_IMAGE_BUILDER",
-                                help="docker or buildah (env: LAUNCHER_IMAGE_BUILDER; default: docker, else buildah)."),
-    base_image: str = typer.Option(None, "--base-image", help="The BASE_IMAGE it was built with, if not the default."),
-    source: str = typer.Option(None, "--source", help="The project's source tree (default: this checkout)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the commands; log in to nothing, push nothing."),
-    as_json: bool = json_option(),
-) -> None:
+def push(kind: str = KIND, repository: str = REPOSITORY, backend: str = BACKEND, builder: str = BUILDER,
+         base_image: str = BASE_IMAGE, source: str = SOURCE,
+         dry_run: bool = typer.Option(False, "--dry-run", help="Print the commands; log in to nothing, push nothing."),
+         as_json: bool = json_option()) -> None:
     """Log in to ECR or Artifact Registry through the SDK and push the image 'build' made from this source."""
+    _run("push", kind, repository, backend, builder, base_image, source, dry_run, as_json)
+
+
+def _run(action: str, kind, repository, backend, builder, base_image, source, dry_run: bool, as_json: bool) -> None:  # noqa: ANN001
     from launcher import image
 
-    plan = image.push(kind, **_options(kind, repository, backend, builder, base_image, source, dry_run))
-    output(plan, as_json, lambda p: _render(p, "Would push" if dry_run else "Pushed", dry_run))
+    plan = getattr(image, action)(kind, repository_uri=repository, backend=backend, builder=builder, base_image=base_image,
+                                  source=source, dry_run=dry_run, echo=lambda line: typer.echo(line, err=True))
+    verb = {("build", False): "Built", ("build", True): "Would build", ("push", False): "Pushed", ("push", True): "Would push"}
+    output(plan, as_json, lambda p: _render(p, verb[action, dry_run], dry_run))
 
 
 def _render(plan, verb: str, dry_run: bool) -> None:  # noqa: ANN001 - an image.Plan
