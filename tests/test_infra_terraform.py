@@ -20,6 +20,7 @@ def test_every_terraform_file_is_formatted():
     assert done.returncode == 0, f"run 'terraform fmt -recursive terraform' to fix:\n{done.stdout}"
 
 
+@pytest.mark.slow  # 9-17 s: init, validate and four test runs, each starting the provider
 def test_aws_initialises_offline_validates_and_passes_its_terraform_tests(tmp_path):
     env = offline_env(tmp_path, aws_provider_mirror())
     module = copy_module("aws", tmp_path)
