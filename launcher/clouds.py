@@ -225,6 +225,18 @@ def _emulated(variable: str, client_class: Any, transport_class: Any, channel: A
     return build() if channel is not None else _cached((client_class.__name__, emulator), build)
 
 
+def google_access_token(resource: str) -> str:
+    """An OAuth access token of the Application Default Credentials (google-auth), for a registry login
+    to ``resource``; errors translated like every Google call's."""
+    google_auth = _require("google.auth", "google-auth", "gcp", f"Logging in to {resource}")
+    from google.auth.transport.requests import Request
+
+    with google_errors(resource, "artifactregistry.repositories.uploadArtifacts"):
+        credentials, _ = google_auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
+        credentials.refresh(Request())
+    return credentials.token
+
+
 def _anonymous() -> Any:
     from google.auth.credentials import AnonymousCredentials
 
@@ -317,6 +329,9 @@ def _from_google(exc: Exception, resource: str, permission: str, missing: str) -
     login = "To fix: run 'gcloud auth application-default login', or set GOOGLE_APPLICATION_CREDENTIALS"
     if auth is not None and isinstance(exc, auth.DefaultCredentialsError | auth.RefreshError):
         return BackendError(f"no usable Google credentials to access {resource} ({_first_line(exc)}). {login}")
+    if auth is not None and isinstance(exc, auth.TransportError):
+        return BackendError(f"cannot reach Google's token endpoint for {resource} ({_first_line(exc)}). "
+                            "To fix: check the network, then retry")
     if requests is not None and isinstance(exc, requests.exceptions.ConnectionError):
         return BackendError(f"cannot reach Google Cloud for {resource} ({_first_line(exc)}). "
                             "To fix: check the network (and STORAGE_EMULATOR_HOST if you use an emulator), then retry")

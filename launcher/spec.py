@@ -311,12 +311,15 @@ class LocalSection(StrictModel):
 
 
 class SageMakerSection(StrictModel):
-    region: str | None = None  # default: AWS_REGION / AWS_DEFAULT_REGION
-    role_arn: str | None = None  # the execution role; default: LAUNCHER_SAGEMAKER_ROLE_ARN
-    bucket: str | None = None  # staging, outputs and checkpoints; default: LAUNCHER_SAGEMAKER_BUCKET
-    prefix: str = "launcher"  # key prefix in the bucket
-    # A custom image in ECR (its entry point runs the training entrypoint); None: AWS's PyTorch training
-    # image (resolved with sagemaker-core, the sagemaker-images extra) running the source bundle.
+    # Unset region, role_arn, bucket (and the default prefix): the environment variable, else the profile
+    # ('launcher config from-terraform terraform/aws'; launcher/profile.py).
+    region: str | None = None  # default: AWS_REGION / AWS_DEFAULT_REGION, else the profile's
+    role_arn: str | None = None  # the execution role; default: LAUNCHER_SAGEMAKER_ROLE_ARN, else the profile's
+    bucket: str | None = None  # staging, outputs and checkpoints; default: LAUNCHER_SAGEMAKER_BUCKET, else the profile's
+    prefix: str = "launcher"  # key prefix in the bucket (this default gives way to the profile's)
+    # A custom image in ECR, built from container/Dockerfile.train ('launcher image push train'); None:
+    # AWS's PyTorch training image (resolved with sagemaker-core, the sagemaker-images extra) running the
+    # source bundle.
     image_uri: str | None = None
     # The image that runs the source bundle in script mode (an AWS deep-learning image URI); None: looked
     # up for the region and instance (LAUNCHER_SAGEMAKER_SCRIPT_IMAGE, else sagemaker-core).
@@ -334,16 +337,18 @@ class SageMakerSection(StrictModel):
 
 
 class VertexSection(StrictModel):
-    project: str | None = None  # default: LAUNCHER_VERTEX_PROJECT, GOOGLE_CLOUD_PROJECT
-    region: str | None = None  # default: LAUNCHER_VERTEX_REGION, GOOGLE_CLOUD_REGION
-    staging_bucket: str | None = None  # staging, outputs and checkpoints; default: LAUNCHER_VERTEX_BUCKET
-    prefix: str = "launcher"  # object prefix in the bucket
-    # A custom image in Artifact Registry (its entry point runs the training entrypoint); None: a prebuilt
-    # PyTorch training image runs the source bundle as a Python package.
+    # Unset project, region, staging_bucket, service_account (and the default prefix): the environment
+    # variable, else the profile ('launcher config from-terraform terraform/gcp'; launcher/profile.py).
+    project: str | None = None  # default: LAUNCHER_VERTEX_PROJECT, GOOGLE_CLOUD_PROJECT, else the profile's
+    region: str | None = None  # default: LAUNCHER_VERTEX_REGION, GOOGLE_CLOUD_REGION, else the profile's
+    staging_bucket: str | None = None  # staging, outputs and checkpoints; default: LAUNCHER_VERTEX_BUCKET, else the profile's
+    prefix: str = "launcher"  # object prefix in the bucket (this default gives way to the profile's)
+    # A custom image in Artifact Registry, built from container/Dockerfile.train ('launcher image push
+    # train'); None: a prebuilt PyTorch training image runs the source bundle as a Python package.
     image_uri: str | None = None
     # The prebuilt image that runs the bundle; None: LAUNCHER_VERTEX_EXECUTOR_IMAGE, else Vertex's PyTorch GPU image.
     executor_image: str | None = None
-    service_account: str | None = None  # the service account the job runs as; None: the project's default
+    service_account: str | None = None  # the service account the job runs as; None: the profile's, else the project's default
     network: str | None = None  # projects/NUMBER/global/networks/NAME, for private training
     boot_disk_gb: PositiveInt = 100
     max_wait: int | None = None  # spot: seconds to wait for capacity; None: Vertex's default

@@ -10,7 +10,8 @@ resource holds, so the same request twice names the same resources):
   an ``s3://...tar.gz``); otherwise the local model dir packed (sorted members, zeroed times) and
   uploaded once to ``s3://BUCKET/PREFIX/models/<content digest>/model.tar.gz``.
 * **Model** ``<endpoint>-m<digest>``: the serving image (``--option serving_image``, env
-  ``LAUNCHER_SAGEMAKER_SERVING_IMAGE``; ``lmi`` or ``vllm`` resolve AWS's image through sagemaker-core),
+  ``LAUNCHER_SAGEMAKER_SERVING_IMAGE``: the image of ``container/Dockerfile.serve``; ``lmi`` or ``vllm``
+  resolve AWS's image through sagemaker-core),
   ``ModelDataUrl``, and an environment of settings only (no secret values).
 * **EndpointConfig** ``<endpoint>-c<digest>``: one variant ``AllTraffic`` (instance type and count) and a
   ``DataCaptureConfig`` (Input and Output, JSON content types, ``InitialSamplingPercentage``, the
@@ -75,8 +76,8 @@ OPTION_KEYS = {
     "serving_image": "the serving image URI (default env LAUNCHER_SAGEMAKER_SERVING_IMAGE); lmi or vllm: AWS's",
     "image_version": "the version of AWS's lmi / vllm image",
     "kms_key_id": "a KMS key for the capture and the instance volumes",
-    "role_arn": "the execution role (default LAUNCHER_SAGEMAKER_ROLE_ARN)",
-    "bucket": "the bucket for model data and capture (default LAUNCHER_SAGEMAKER_BUCKET)",
+    "role_arn": "the execution role (default LAUNCHER_SAGEMAKER_ROLE_ARN, else the profile's)",
+    "bucket": "the bucket for model data and capture (default LAUNCHER_SAGEMAKER_BUCKET, else the profile's)",
     "prefix": "the key prefix in the bucket (default launcher)",
     "region": "the region (default AWS_REGION)",
     "startup_timeout": "seconds SageMaker gives the container to pass /ping (default 900)",
@@ -286,8 +287,9 @@ class SageMakerServing:
     def _serving_image(self, options: dict[str, Any], region: str, instance: str) -> str:
         image = options.get("serving_image") or os.environ.get("LAUNCHER_SAGEMAKER_SERVING_IMAGE")
         if not image:
-            raise SpecError("no serving image for SageMaker. To fix: --option serving_image=ECR_URI (an image running "
-                            "python -m entrypoints.serve), or set LAUNCHER_SAGEMAKER_SERVING_IMAGE, or serving_image=lmi|vllm "
+            raise SpecError("no serving image for SageMaker. To fix: --option serving_image=ECR_URI (the image of "
+                            "container/Dockerfile.serve: 'launcher image push serve' prints it), or set LAUNCHER_SAGEMAKER_SERVING_IMAGE, "
+                            "or serving_image=lmi|vllm "
                             "for AWS's own (pip install 'launcher[sagemaker-images]')")
         if image in AWS_IMAGES:
             from launcher.backends.sagemaker import _require_image_resolver

@@ -10,7 +10,7 @@ What ``deploy`` creates (clients from ``launcher.clouds.vertex_client("model" | 
   ``gs://BUCKET/PREFIX/models/<content digest>/`` (a ``_complete`` marker last).
 * **Model** (ModelService.UploadModel, an LRO), display name ``<endpoint>-m<digest>``, labels
   ``launcher_endpoint`` and ``launcher_model=<digest>``: the serving image (``--option serving_image``,
-  env ``LAUNCHER_VERTEX_SERVING_IMAGE``), ``predict_route`` ``/predict``, ``health_route`` ``/health``,
+  env ``LAUNCHER_VERTEX_SERVING_IMAGE``: the image of ``container/Dockerfile.serve``), ``predict_route`` ``/predict``, ``health_route`` ``/health``,
   port 8080, and an environment of settings only (no secret values), among them ``LAUNCHER_CAPTURE``:
   on Vertex AI **our container writes the capture records** (SageMaker's format and layout) to
   ``gs://BUCKET/PREFIX/capture`` (or ``--capture``); Vertex's own request-response logging goes to
@@ -61,7 +61,7 @@ OPTION_KEYS = {
     "min_replicas": "replicas at least (default 1)",
     "max_replicas": "replicas at most (default min_replicas)",
     "serving_image": "the serving image URI (default env LAUNCHER_VERTEX_SERVING_IMAGE)",
-    "service_account": "the service account the container runs as",
+    "service_account": "the service account the container runs as (default: the profile's)",
     "project": "the project (default LAUNCHER_VERTEX_PROJECT)",
     "region": "the region (default LAUNCHER_VERTEX_REGION)",
     "staging_bucket": "the bucket for model files and capture (default LAUNCHER_VERTEX_BUCKET)",
@@ -113,7 +113,7 @@ class VertexServing:
         from launcher.backends import _serving_check
         from launcher.backends._local_serving import check_name
         from launcher.backends._sagemaker_serving import folder_digest
-        from launcher.backends.vertex import _errors, _upload_dataset_folder
+        from launcher.backends.vertex import _errors, _upload_dataset_folder, service_account
 
         check_name(spec.name)
         options = deploy_options(spec.options)
@@ -121,8 +121,8 @@ class VertexServing:
         machine = serving_machine(options)
         image = options.get("serving_image") or os.environ.get("LAUNCHER_VERTEX_SERVING_IMAGE")
         if not image:
-            raise SpecError("no serving image for Vertex AI. To fix: --option serving_image=REGISTRY/IMAGE (an image running "
-                            "python -m entrypoints.serve), or set LAUNCHER_VERTEX_SERVING_IMAGE")
+            raise SpecError("no serving image for Vertex AI. To fix: --option serving_image=REGISTRY/IMAGE (the image of "
+                            "container/Dockerfile.serve: 'launcher image push serve' prints it), or set LAUNCHER_VERTEX_SERVING_IMAGE")
         capture = spec.capture or place.uri("capture")
         if not capture.startswith("gs://"):
             raise UserInputError(f"capture destination '{capture}' is not in Cloud Storage. To fix: give a gs:// prefix, or leave it out")
@@ -165,8 +165,8 @@ class VertexServing:
             body = v1.Model(display_name=f"{spec.name[:52]}-m{model_digest}", artifact_uri=artifact, container_spec=container,
                             labels=labels, encryption_spec=_encryption(options))
             with _errors(f"model {body.display_name}", "aiplatform.models.upload", place, keys=DEPLOY_KEYS):
-                upload = models.upload_model(parent=place.parent, model=body,
-                                             **({"service_account": options["service_account"]} if options.get("service_account") else {}))
+                account = service_account(options)
+                upload = models.upload_model(parent=place.parent, model=body, **({"service_account": account} if account else {}))
                 model_name = self._wait(upload, f"UploadModel of {body.display_name}").model
         else:
             model_name = found_model.name
@@ -184,8 +184,8 @@ class VertexServing:
         old = [d.id for d in existing.deployed_models if d.model != model_name]
         if not any(d.model == model_name for d in existing.deployed_models):
             deployed = v1.DeployedModel(model=model_name, display_name=f"{spec.name[:52]}-d{model_digest}", dedicated_resources=resources)
-            if options.get("service_account"):
-                deployed.service_account = options["service_account"]
+            if service_account(options):
+                deployed.service_account = service_account(options)
             with _errors(f"endpoint {spec.name}", "aiplatform.endpoints.deploy", place, keys=DEPLOY_KEYS):
                 operation = endpoints.deploy_model(endpoint=endpoint_name, deployed_model=deployed, traffic_split={"0": 100})
                 self._wait(operation, f"DeployModel onto {spec.name}")

@@ -2,7 +2,8 @@
 
     launcher train job.yaml --backend sagemaker      # region, role and bucket: the spec's sagemaker:
                                                       # section, or AWS_REGION, LAUNCHER_SAGEMAKER_ROLE_ARN,
-                                                      # LAUNCHER_SAGEMAKER_BUCKET
+                                                      # LAUNCHER_SAGEMAKER_BUCKET, or the profile that
+                                                      # 'launcher config from-terraform terraform/aws' wrote
 
 What it does, and the decisions that are not obvious:
 
@@ -11,7 +12,8 @@ What it does, and the decisions that are not obvious:
   and never uploaded twice; ``s3://`` data is used where it is. The code is the content-addressed source
   bundle (``launcher.bundle``) at ``bundles/<sha256>.tar.gz``, run by AWS's PyTorch training image in
   script mode (``sagemaker_program``, ``sagemaker_submit_directory``); with ``sagemaker.image_uri`` a
-  custom image runs the entrypoint itself and no bundle is sent.
+  custom image runs the entrypoint itself and no bundle is sent: the image of ``container/Dockerfile.train``
+  (``launcher image build train && launcher image push train`` prints its URI).
 * **One training job per attempt**, named ``<job id>-a<attempt>`` (SageMaker names are never reusable).
   ``find`` lists the names; ``submit`` looks its name up before creating it, and a ``ResourceInUse``
   answer (a create whose response was lost, then retried) is "already submitted": ``JobExists``. Every
@@ -40,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from launcher import clouds
+from launcher import clouds, profile
 from launcher.backends._sagemaker_serving import SageMakerServing
 from launcher.backends.base import Backend, JobExists, JobInfo, JobRef, JobState, LaunchRequest, followed
 from launcher.errors import BackendError, MissingExtraError, NotFoundError, SpecError
@@ -93,14 +95,20 @@ class SageMakerBackend(SageMakerServing, Backend):
 
     # --- configuration -------------------------------------------------------------------------------
     def _place(self, options: dict[str, Any]) -> Place:
-        region = clouds.aws_region(options.get("region"), service="sagemaker")
-        role = options.get("role_arn") or os.environ.get("LAUNCHER_SAGEMAKER_ROLE_ARN")
-        bucket = options.get("bucket") or os.environ.get("LAUNCHER_SAGEMAKER_BUCKET")
+        # Each setting: the spec (or --option), else its environment variable, else the profile.
+        region = clouds.aws_region(options.get("region") or _profile_region(), service="sagemaker")
+        role = options.get("role_arn") or os.environ.get("LAUNCHER_SAGEMAKER_ROLE_ARN") or profile.value("sagemaker", "role_arn")
+        bucket = options.get("bucket") or os.environ.get("LAUNCHER_SAGEMAKER_BUCKET") or profile.value("sagemaker", "bucket")
         if not role:
-            raise SpecError("no SageMaker execution role. To fix: set sagemaker.role_arn in the spec, or LAUNCHER_SAGEMAKER_ROLE_ARN")
+            raise SpecError("no SageMaker execution role. To fix: set sagemaker.role_arn in the spec, or LAUNCHER_SAGEMAKER_ROLE_ARN, "
+                            + profile.hint("sagemaker"))
         if not bucket:
-            raise SpecError("no S3 bucket for the job's data, code and outputs. To fix: set sagemaker.bucket, or LAUNCHER_SAGEMAKER_BUCKET")
-        return Place(region, role, bucket.removeprefix("s3://").strip("/"), options.get("prefix") or "launcher")
+            raise SpecError("no S3 bucket for the job's data, code and outputs. To fix: set sagemaker.bucket, or "
+                            "LAUNCHER_SAGEMAKER_BUCKET, " + profile.hint("sagemaker"))
+        prefix = options.get("prefix") or "launcher"
+        if prefix == "launcher":  # the spec's default: the profile's prefix (the one its role may write under) wins
+            prefix = profile.value("sagemaker", "prefix") or prefix
+        return Place(region, role, bucket.removeprefix("s3://").strip("/"), prefix)
 
     def configured(self) -> bool:
         """Credentials the SDK would find without asking the network (environment, profile files,
@@ -109,7 +117,8 @@ class SageMakerBackend(SageMakerServing, Backend):
         credentials = (env.get("AWS_ACCESS_KEY_ID") or env.get("AWS_PROFILE") or env.get("AWS_WEB_IDENTITY_TOKEN_FILE")
                        or env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") or env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI")
                        or (Path.home() / ".aws" / "credentials").is_file() or (Path.home() / ".aws" / "config").is_file())
-        return bool(credentials and (env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or (Path.home() / ".aws" / "config").is_file()))
+        return bool(credentials and (env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or (Path.home() / ".aws" / "config").is_file()
+                                     or _profile_region()))
 
     def _client(self, service: str, region: str | None = None):
         return clouds.aws_client(service, region or self._region())
@@ -117,7 +126,7 @@ class SageMakerBackend(SageMakerServing, Backend):
     def _region(self) -> str:
         """The spec's region once ``check`` has seen a spec (``launch`` checks before it looks the job
         up), else the environment's or profile's."""
-        return clouds.aws_region(getattr(self, "_options", {}).get("region"), service="sagemaker")
+        return clouds.aws_region(getattr(self, "_options", {}).get("region") or _profile_region(), service="sagemaker")
 
     def check(self, spec: JobSpec) -> list[str]:
         warnings = super().check(spec)
@@ -365,6 +374,11 @@ class SageMakerBackend(SageMakerServing, Backend):
 
 
 # --- pure pieces (tested on their own) ----------------------------------------------------------------
+def _profile_region() -> str | None:
+    """The profile's region, where no AWS_REGION / AWS_DEFAULT_REGION says otherwise."""
+    return profile.value("sagemaker", "region", unless_env=("AWS_REGION", "AWS_DEFAULT_REGION"))
+
+
 def native_name(job_id: str, attempt: int) -> str:
     name = f"{job_id}-a{attempt}"
     if len(name) > 63:

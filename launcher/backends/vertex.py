@@ -2,7 +2,9 @@
 
     launcher train job.yaml --backend vertex      # project, region and bucket: the spec's vertex: section,
                                                    # or LAUNCHER_VERTEX_PROJECT, LAUNCHER_VERTEX_REGION,
-                                                   # LAUNCHER_VERTEX_BUCKET
+                                                   # LAUNCHER_VERTEX_BUCKET, or the profile that 'launcher
+                                                   # config from-terraform terraform/gcp' wrote (it also
+                                                   # names the service account jobs run as)
 
 What it does, and the decisions that are not obvious:
 
@@ -11,7 +13,8 @@ What it does, and the decisions that are not obvious:
   The code is the same content-addressed source bundle as SageMaker's (``launcher.bundle``, a
   pip-installable source tree) at ``bundles/<sha256>.tar.gz``, which a prebuilt PyTorch training image
   installs and runs as ``python -m entrypoints.train`` (``python_package_spec``); with
-  ``vertex.image_uri`` a custom image runs it (``container_spec``). Outputs go under
+  ``vertex.image_uri`` a custom image runs it (``container_spec``): the image of
+  ``container/Dockerfile.train`` (``launcher image build train && launcher image push train`` prints its URI). Outputs go under
   ``base_output_directory`` = ``jobs/<job id>/``, so the job sees ``AIP_MODEL_DIR`` (``.../model/``) and
   ``AIP_CHECKPOINT_DIR`` (``.../checkpoints/``) and reads and writes them through Cloud Storage FUSE;
   every attempt shares them, so attempt N+1 resumes where N stopped.
@@ -42,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from launcher import clouds
+from launcher import clouds, profile
 from launcher.backends._vertex_serving import VertexServing
 from launcher.backends.base import Backend, JobExists, JobInfo, JobRef, JobState, LaunchRequest, followed
 from launcher.errors import BackendError, NotFoundError, SpecError
@@ -91,18 +94,26 @@ class VertexBackend(VertexServing, Backend):
 
     # --- configuration -------------------------------------------------------------------------------
     def _place(self, options: dict[str, Any]) -> Place:
+        # Each setting: the spec (or --option), else its environment variables, else the profile.
         env = os.environ
-        project = options.get("project") or env.get("LAUNCHER_VERTEX_PROJECT") or env.get("GOOGLE_CLOUD_PROJECT")
-        region = options.get("region") or env.get("LAUNCHER_VERTEX_REGION") or env.get("GOOGLE_CLOUD_REGION")
-        bucket = options.get("staging_bucket") or env.get("LAUNCHER_VERTEX_BUCKET")
+        project = (options.get("project") or env.get("LAUNCHER_VERTEX_PROJECT") or env.get("GOOGLE_CLOUD_PROJECT")
+                   or profile.value("vertex", "project"))
+        region = (options.get("region") or env.get("LAUNCHER_VERTEX_REGION") or env.get("GOOGLE_CLOUD_REGION")
+                  or profile.value("vertex", "region"))
+        bucket = options.get("staging_bucket") or env.get("LAUNCHER_VERTEX_BUCKET") or profile.value("vertex", "staging_bucket")
         if not project:
-            raise SpecError("no Google Cloud project for Vertex AI. To fix: set vertex.project in the spec, or LAUNCHER_VERTEX_PROJECT")
+            raise SpecError("no Google Cloud project for Vertex AI. To fix: set vertex.project in the spec, or LAUNCHER_VERTEX_PROJECT, "
+                            + profile.hint("vertex"))
         if not region:
-            raise SpecError("no Vertex AI region. To fix: set vertex.region in the spec (e.g. us-central1), or LAUNCHER_VERTEX_REGION")
+            raise SpecError("no Vertex AI region. To fix: set vertex.region in the spec (e.g. us-central1), or LAUNCHER_VERTEX_REGION, "
+                            + profile.hint("vertex"))
         if not bucket:
             raise SpecError("no Cloud Storage bucket for the job's data, code and outputs. "
-                            "To fix: set vertex.staging_bucket, or LAUNCHER_VERTEX_BUCKET")
-        return Place(project, region, bucket.removeprefix("gs://").strip("/"), options.get("prefix") or "launcher")
+                            "To fix: set vertex.staging_bucket, or LAUNCHER_VERTEX_BUCKET, " + profile.hint("vertex"))
+        prefix = options.get("prefix") or "launcher"
+        if prefix == "launcher":  # the spec's default: the profile's prefix wins
+            prefix = profile.value("vertex", "prefix") or prefix
+        return Place(project, region, bucket.removeprefix("gs://").strip("/"), prefix)
 
     def _ref_place(self, ref: JobRef) -> Place:
         loc = ref.location
@@ -115,7 +126,7 @@ class VertexBackend(VertexServing, Backend):
         env = os.environ
         adc = Path(env.get("CLOUDSDK_CONFIG", Path.home() / ".config" / "gcloud")) / "application_default_credentials.json"
         credentials = env.get("VERTEX_EMULATOR_HOST") or env.get("GOOGLE_APPLICATION_CREDENTIALS") or adc.is_file()
-        return bool(credentials and (env.get("LAUNCHER_VERTEX_PROJECT") or env.get("GOOGLE_CLOUD_PROJECT")))
+        return bool(credentials and (env.get("LAUNCHER_VERTEX_PROJECT") or env.get("GOOGLE_CLOUD_PROJECT") or profile.value("vertex", "project")))
 
     def check(self, spec: JobSpec) -> list[str]:
         warnings = super().check(spec)
@@ -175,8 +186,8 @@ class VertexBackend(VertexServing, Backend):
             scheduling.max_wait_duration = duration_pb2.Duration(seconds=int(options["max_wait"]))
         spec = v1.CustomJobSpec(worker_pool_specs=[pool], scheduling=scheduling,
                                 base_output_directory=v1.GcsDestination(output_uri_prefix=request.output_uri or place.uri("jobs", request.job_id) + "/"))
-        if options.get("service_account"):
-            spec.service_account = options["service_account"]
+        if service_account(options):
+            spec.service_account = service_account(options)
         if options.get("network"):
             spec.network = options["network"]
         job = v1.CustomJob(display_name=f"{request.job_id}-a{request.attempt}", job_spec=spec, labels=labels(request))
@@ -391,6 +402,12 @@ def labels(request: LaunchRequest) -> dict[str, str]:
 def _label(text: str, key: bool = False) -> str:
     cleaned = re.sub(r"[^a-z0-9_-]", "_", text.lower())[:63]
     return ("t_" + cleaned)[:63] if key and not cleaned[:1].isalpha() else cleaned
+
+
+def service_account(options: dict[str, Any]) -> str | None:
+    """The service account a job or endpoint runs as: the spec's (or --option's), else the profile's, else
+    none (Vertex AI's default for the project)."""
+    return options.get("service_account") or profile.value("vertex", "service_account")
 
 
 def executor_image(options: dict[str, Any]) -> str:

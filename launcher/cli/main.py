@@ -74,7 +74,7 @@ app = typer.Typer(
 )
 
 # Command-group modules, in the order their commands appear in --help.
-COMMAND_MODULES = ["init", "data", "plan", "jobs", "report", "serve", "monitor"]
+COMMAND_MODULES = ["init", "data", "plan", "jobs", "report", "serve", "monitor", "config", "image"]
 
 
 @app.callback()
@@ -85,6 +85,10 @@ def _global_options(
     home: str = typer.Option(
         None, "--home", envvar="LAUNCHER_HOME", help="Folder for local job state (env: LAUNCHER_HOME; default ./.launcher)."
     ),
+    profile: str = typer.Option(
+        None, "--profile", envvar="LAUNCHER_PROFILE",
+        help="The profile unset spec settings fall back to after the environment (env: LAUNCHER_PROFILE; default 'default').",
+    ),
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, expose_value=False, help="Print launcher's version and exit."
     ),
@@ -94,6 +98,8 @@ def _global_options(
         os.environ["LAUNCHER_DEBUG"] = "1"
     if home:
         os.environ["LAUNCHER_HOME"] = home
+    if profile:
+        os.environ["LAUNCHER_PROFILE"] = profile
 
 
 def _register() -> None:
