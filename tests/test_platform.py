@@ -32,7 +32,7 @@ def test_sagemaker_layout_env_and_string_hyperparameters(tmp_path):
     assert plat.model_dir == tmp_path / "model"
     assert plat.channels == {"train": tmp_path / "train", "general_eval": tmp_path / "general"}
     assert plat.checkpoint_dir == root / "checkpoints" and plat.failure_file == root / "output/failure"
-    assert plat.world.world_size == 1 and plat.world.rank == 0
+    assert plat.world.nodes == 1 and plat.world.node_rank == 0
     config = TrainConfig.from_mapping(plat.hyperparameters)
     assert (config.lora_r, config.learning_rate, config.packing, config.target_modules) == (8, 1e-4, False, ["q_proj", "v_proj"])
 
@@ -63,7 +63,7 @@ def test_vertex_env_gcs_mount_and_cluster_spec(tmp_path):
     assert plat.checkpoint_dir == mount / "bucket/jobs/j1/checkpoints"
     assert plat.channels == {"train": mount / "bucket/data/train-*.jsonl", "eval": mount / "bucket/data/eval.jsonl",
                              "general_eval": mount / "bucket/data/general"}
-    assert plat.world.world_size == 3 and plat.world.rank == 2 and plat.world.master_addr == "host-a"
+    assert plat.world.nodes == 3 and plat.world.node_rank == 2 and plat.world.master_addr == "host-a"
     assert TrainConfig.from_mapping(plat.hyperparameters).learning_rate == 0.001
 
 
@@ -120,7 +120,7 @@ def test_sagemaker_hyperparameters_as_the_platform_writes_them(tmp_path):
     plat = platform.detect([], {"SM_ROOT": str(root), "TRAINING_JOB_NAME": "j"})
     config = TrainConfig.from_mapping(plat.hyperparameters)
     assert (config.lr_scheduler, config.epochs, config.packing, config.use_rslora, config.learning_rate) == ("linear", 2, False, True, 3e-4)
-    assert plat.world.hosts == ("algo-1", "algo-2") and plat.world.rank == 1 and plat.world.world_size == 2
+    assert plat.world.hosts == ("algo-1", "algo-2") and plat.world.node_rank == 1 and plat.world.nodes == 2
     # A genuinely unknown launcher key is still an error with a hint.
     with pytest.raises(SpecError, match="unknown key 'lora_rank'. Did you mean 'lora_r'"):
         TrainConfig.from_mapping({**plat.hyperparameters, "lora_rank": '"8"'})
