@@ -63,14 +63,7 @@ def log(message: str) -> None:
         print(message, flush=True)
 
 
-def check_world(config: TrainConfig, world_size: int) -> None:
-    """Refuse a world size that cannot split every optimizer step evenly (before anything is started)."""
-    rows = config.micro_batch_size * config.gradient_accumulation_steps
-    if rows % world_size:
-        steps = next(g for g in range(config.gradient_accumulation_steps, 10**6) if config.micro_batch_size * g % world_size == 0)
-        raise SpecError(f"an optimizer step of micro_batch_size x gradient_accumulation_steps = {rows} rows cannot be split "
-                        f"evenly over {world_size} processes. To fix: gradient_accumulation_steps: {steps} (or a world size "
-                        f"that divides {rows})")
+check_world = memory.check_world  # a world size that cannot split every step evenly is refused before anything starts
 
 
 def quiet_library_noise() -> None:

@@ -355,6 +355,17 @@ def runtime_policy(config: TrainConfig, device: str) -> Policy:
 
 
 # --- several GPUs -------------------------------------------------------------------------------------
+def check_world(config: TrainConfig, world_size: int) -> None:
+    """Refuse a world size that cannot split every optimizer step evenly (each rank trains an equal
+    share of the step's micro_batch_size x gradient_accumulation_steps rows)."""
+    rows = config.micro_batch_size * config.gradient_accumulation_steps
+    if rows % world_size:
+        steps = next(g for g in range(config.gradient_accumulation_steps, 10**6) if config.micro_batch_size * g % world_size == 0)
+        raise SpecError(f"an optimizer step of micro_batch_size x gradient_accumulation_steps = {rows} rows cannot be split "
+                        f"evenly over {world_size} processes. To fix: gradient_accumulation_steps: {steps} (or a world size "
+                        f"that divides {rows})")
+
+
 def layer_weight_bytes(memory: MemoryEstimate, shape: ModelShape) -> int:
     """One decoder layer's share of the frozen weights (what FSDP all-gathers at a time)."""
     embeddings = shape.vocab * shape.hidden * (1 if shape.tied else 2)
