@@ -452,6 +452,7 @@ def main() -> None:
     if rank_zero:
         table(report)
     save()
+    distributed.close()
 
 
 def numerics(target_tokens: int = 400_000, fp8: bool = False) -> dict:

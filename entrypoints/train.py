@@ -933,6 +933,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("RANK", "0") == "0":
             summary(metrics)
         log(f"done: model in {plat.model_dir}")
+        distributed.close()
         return 0
     except Interrupted as exc:
         log(f"interrupted: {exc}; re-run to resume from the last checkpoint")
