@@ -1,6 +1,7 @@
 """Training throughput on one GPU: the Trainer-style baseline vs the entrypoint's fast path.
 
     python benchmarks/train_throughput.py --out results.json          # LoRA and QLoRA, Llama-3-8B shape
+    python benchmarks/train_throughput.py --gpus 8 --methods lora     # ours on 8 GPUs (torchrun, DDP)
 
 No download: a Llama-3-8B-shaped model is built from its config with random weights, and the dataset is
 synthetic with a fixed, realistic length distribution (seeded log-normal, median ~450 tokens, capped at
@@ -13,7 +14,10 @@ over the same examples in the same process:
 * **ours**: ``entrypoints.train.Recipe``, the entrypoint's default GPU path, unchanged; only the base
   model and the tokenised data are injected (random weights, synthetic tokens).
 
-Effective tokens/s counts non-padding tokens (prompt and answer). The numerics check trains a small
+Effective tokens/s counts non-padding tokens (prompt and answer). ``--gpus N`` starts the benchmark
+under torchrun on N GPUs of this machine (``--gpus 1`` too: one process under the distributed wrapper)
+and measures ours only: each step is the same global step, split over the ranks as the entrypoint
+splits it; it reports the total and the per-GPU effective tokens/s. The numerics check trains a small
 model of the same family on a learnable synthetic task with both paths for the same number of target
 tokens and compares held-out losses. Prints a table; ``--out`` writes JSON.
 """
@@ -37,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from entrypoints import fast, sequences, train  # noqa: E402
+from entrypoints import distributed, fast, sequences, train  # noqa: E402
 from launcher.spec import TrainConfig  # noqa: E402
 
 LLAMA3_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
@@ -229,7 +233,7 @@ class BenchRecipe(train.Recipe):
     """The real recipe; only the base model (random weights) and the tokenised data are injected."""
 
     def __init__(self, shape, data, eval_data, hp, root, in_order: bool = False):
-        plat = SimpleNamespace(channels={"train": root}, world=SimpleNamespace(world_size=1), checkpoint_dir=root / "ckpt",
+        plat = SimpleNamespace(channels={"train": root}, checkpoint_dir=root / "ckpt",
                                model_dir=root / "model", kind="local", job_name="bench", failure_file=None)
         super().__init__(plat, TrainConfig(base_model="bench", **hp))
         self.shape, self.data, self.eval_data, self.in_order = shape, data, eval_data, in_order
@@ -304,6 +308,12 @@ def run_ours(shape, method, data, *, warmup: int, steps: int, eval_data=None, hp
         total, count = evaluate.token_loss(recipe.model, recipe.collate_window(recipe.epoch_windows(0)[0]), recipe.forward)
         result = _summary("ours", method, times, effective, curve[0]["loss"], total / count, [c["grad_norm"] for c in curve])
         result["fast_path"] = recipe.metrics.get("fast_path")
+        # Several GPUs: the tokens of every rank over rank 0's time (the ranks step together).
+        world = recipe.ranks.world_size
+        result["processes"], result["distributed"] = world, recipe.strategy
+        result["effective_tokens_per_s_per_gpu"] = result["effective_tokens_per_s"]
+        everyone = distributed.all_reduce([sum(effective)], device=DEVICE)[0]
+        result["effective_tokens_per_s"] = everyone / sum(times) if times else 0.0
         if eval_data is not None:
             total, count = evaluate.token_loss(recipe.model, recipe._loss_batches(eval_data), recipe.forward)
             result["eval_loss_before"], result["eval_loss"] = before, total / count
@@ -374,8 +384,17 @@ def main() -> None:
     parser.add_argument("--torch-compile", action="store_true", help="ours: torch_compile: layers")
     parser.add_argument("--fp8", action="store_true", help="ours: fp8: on for LoRA (float8 base matmuls), numerics check included")
     parser.add_argument("--profile", default=None, help="ours: write the timed steps' kernel table (torch.profiler) to PROFILE-METHOD.txt")
+    parser.add_argument("--gpus", type=int, default=None, help="ours on N GPUs of this machine, started through torchrun (DDP)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    if args.gpus and not distributed.under_torchrun():
+        from torch.distributed import run
+
+        run.main(["--standalone", f"--nproc-per-node={args.gpus}", str(Path(__file__).resolve()), *sys.argv[1:]])
+        return
+    if args.gpus:  # a torchrun worker: ours only (the baseline and the numerics check are one-GPU figures)
+        args.sides, args.skip_numerics = "ours", True
+    rank_zero = os.environ.get("RANK", "0") == "0"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     LORA["lora_dropout"] = args.lora_dropout
     import importlib.metadata as md
@@ -383,7 +402,8 @@ def main() -> None:
     versions = {p: md.version(p) for p in ("torch", "transformers", "peft", "bitsandbytes", "liger_kernel", "triton") if _installed(p)}
     report = {"date": time.strftime("%Y-%m-%d"), "gpu": torch.cuda.get_device_name(0) if CUDA else "cpu", "versions": versions,
               "command": " ".join(sys.argv), "lora": dict(LORA), "matmul_peak_tflops": matmul_peak_tflops(), "runs": []}
-    print(f"GPU {report['gpu']}, bf16 matmul {report['matmul_peak_tflops']:.0f} TFLOP/s, {versions}", flush=True)
+    if rank_zero:
+        print(f"GPU {report['gpu']}, bf16 matmul {report['matmul_peak_tflops']:.0f} TFLOP/s, {versions}", flush=True)
     shape = LLAMA3_8B if args.shape == "llama3-8b" else SMALL
     data = synthetic(args.examples, shape["vocab_size"], seed=1)
     flops = useful_flops_per_token(shape, data)
@@ -395,7 +415,7 @@ def main() -> None:
     if args.torch_compile:
         ours_hp["torch_compile"] = "layers"
     def save() -> None:
-        if args.out:
+        if args.out and rank_zero:
             Path(args.out).write_text(json.dumps(report, indent=2))
 
     for method in args.methods.split(","):
@@ -418,7 +438,8 @@ def main() -> None:
             result["wall_s"] = time.perf_counter() - started
             result["mfu"] = result["effective_tokens_per_s"] * flops / (report["matmul_peak_tflops"] * 1e12)
             report["runs"].append(result)
-            print(json.dumps(result), flush=True)
+            if rank_zero:
+                print(json.dumps(result), flush=True)
             save()
     if not args.skip_numerics:
         try:
@@ -428,8 +449,10 @@ def main() -> None:
 
             traceback.print_exc()
             report.setdefault("errors", []).append(f"numerics: {type(exc).__name__}: {exc}")
-    table(report)
+    if rank_zero:
+        table(report)
     save()
+    distributed.close()
 
 
 def numerics(target_tokens: int = 400_000, fp8: bool = False) -> dict:
@@ -454,6 +477,10 @@ def numerics(target_tokens: int = 400_000, fp8: bool = False) -> dict:
 
 def table(report: dict) -> None:
     rows = {(r["method"], r["side"]): r for r in report["runs"]}
+    for r in report["runs"]:
+        if r.get("processes", 1) > 1 or r.get("distributed"):
+            print(f"{r['method']} {r['side']}: {r['processes']} process(es), {r['distributed']}: {r['effective_tokens_per_s']:.0f} "
+                  f"effective tokens/s in total, {r['effective_tokens_per_s_per_gpu']:.0f} per GPU")
     print(f"\n{'method':7} {'side':9} {'eff tok/s':>10} {'step s':>7} {'peak GiB':>9} {'MFU':>6} {'first batch loss':>17} {'min |g|':>8}")
     for (method, side), r in rows.items():
         print(f"{method:7} {side:9} {r['effective_tokens_per_s']:10.0f} {r['step_time_s']:7.2f} {r['peak_memory_gib']:9.1f} "

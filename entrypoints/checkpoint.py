@@ -46,8 +46,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(directory: Path, step: int, *, adapter: dict, optimizer, scheduler, position: dict, keep: int) -> Path:
-    """Write one complete checkpoint (the marker last), then drop all but the newest ``keep``."""
+def save(directory: Path, step: int, *, adapter: dict, state: dict, position: dict, keep: int) -> Path:
+    """Write one complete checkpoint (the marker last), then drop all but the newest ``keep``. ``state``:
+    the optimizer's and scheduler's state dicts and the RNG states (``rng``: one ``rng_state()`` per
+    rank), as whole tensors."""
     import torch
     from safetensors.torch import save_file
 
@@ -57,10 +59,7 @@ def save(directory: Path, step: int, *, adapter: dict, optimizer, scheduler, pos
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file({k: v.detach().contiguous().cpu() for k, v in adapter.items()}, str(tmp / "adapter.safetensors"))
-    torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
-        tmp / "state.pt",
-    )
+    torch.save(state, tmp / "state.pt")
     (tmp / "position.json").write_text(json.dumps(position))
     files = {}
     for path in sorted(tmp.iterdir()):

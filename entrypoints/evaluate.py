@@ -68,11 +68,13 @@ def perplexity(loss_sum: float, count: int) -> float:
 
 
 def generate(model, tokenizer, prompts: Sequence[list[int]], *, max_new_tokens: int, device: str, batch_size: int = 8,
-             stop_token_ids: Sequence[int] | None = None, between_batches: Callable[[], None] | None = None) -> list[str]:
+             stop_token_ids: Sequence[int] | None = None, between_batches: Callable[[], None] | None = None,
+             synced: bool = False) -> list[str]:
     """Greedy completions for token-id prompts (left-padded batches), special tokens stripped.
     Generation stops at any of ``stop_token_ids`` (the chat template's end of turn and EOS; default
     EOS). ``between_batches`` runs before each batch (the recipe's SIGTERM check: a long generation
-    must not outlast a spot notice)."""
+    must not outlast a spot notice). ``synced``: every rank of a sharded (FSDP) model runs this in step
+    (transformers' ``synced_gpus``: all keep calling forward until every rank is done)."""
     import torch
 
     model.eval()
@@ -98,6 +100,7 @@ def generate(model, tokenizer, prompts: Sequence[list[int]], *, max_new_tokens: 
                 pad_token_id=pad,
                 eos_token_id=eos,
                 use_cache=True,
+                synced_gpus=synced,
             )
         for row in generated[:, width:]:
             outputs.append(tokenizer.decode(row, skip_special_tokens=True).strip())

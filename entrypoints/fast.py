@@ -443,6 +443,30 @@ class Fp8Weight:
         return self._mm(dy, self.wt, self.wt_scale)
 
 
+class StepLoss(torch.nn.Module):
+    """The recipe's forward as one module: the sum of a batch's target-token losses. On several
+    processes this is what DDP or FSDP wraps, so every forward, the fast path's included, goes through
+    the wrapper (its gradient hooks, its parameter gathering). Fast path: the decoder's hidden states,
+    then the output head only where there is a target (``keep``: those positions, picked on the host)
+    through ``linear_cross_entropy``; standard path: the model's logits and a cross-entropy."""
+
+    def __init__(self, model, *, fast: bool, use_liger: bool = False, softcap: float | None = None):
+        super().__init__()
+        self.model, self.fast, self.use_liger, self.softcap = model, fast, use_liger, softcap
+
+    def forward(self, input_ids, targets, position_ids, keep, attention: dict) -> torch.Tensor:
+        from entrypoints.sequences import IGNORE
+
+        if not self.fast:
+            logits = self.model(input_ids=input_ids, position_ids=position_ids, **attention).logits
+            return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE,
+                                                     reduction="sum")
+        base = self.model.get_base_model()
+        hidden = base.get_decoder()(input_ids=input_ids, position_ids=position_ids, **attention).last_hidden_state
+        return linear_cross_entropy(hidden.flatten(0, 1).index_select(0, keep), base.get_output_embeddings(),
+                                    targets.flatten().index_select(0, keep), use_liger=self.use_liger, softcap=self.softcap)
+
+
 def linear_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, *, use_liger: bool,
                          softcap: float | None = None, chunk: int = 4096) -> torch.Tensor:
     """Sum of cross-entropies of the output head's logits of ``hidden`` against ``targets`` (IGNORE =

@@ -134,9 +134,10 @@ def load_tokenizer(base_model: str, token: str | None = None, *, convert: bool =
     return tokenizer
 
 
-def load_base(config: TrainConfig, device: str, *, dtype, attn_implementation: str):
+def load_base(config: TrainConfig, device: str, *, dtype, attn_implementation: str, quant_storage=None):
     """The frozen base model on ``device``: ``dtype`` weights for LoRA, 4-bit NF4 (double-quantised,
-    ``dtype`` compute) for QLoRA."""
+    ``dtype`` compute) for QLoRA. ``quant_storage``: the dtype the packed 4-bit weights are stored in
+    (FSDP shards tensors of one dtype with the rest of the model; default uint8)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -153,6 +154,7 @@ def load_base(config: TrainConfig, device: str, *, dtype, attn_implementation: s
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype,
+            **({"bnb_4bit_quant_storage": quant_storage} if quant_storage is not None else {}),
         )
         kwargs["device_map"] = {"": device if device != "cuda" else torch.cuda.current_device()}
     with hub_errors(config.base_model):

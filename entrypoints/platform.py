@@ -5,13 +5,20 @@ Three contracts, one ``Platform``:
 * **SageMaker**: the ``/opt/ml`` layout. Hyperparameters in ``/opt/ml/input/config/hyperparameters.json``
   (every value a string), data channels in ``SM_CHANNEL_<NAME>`` (``/opt/ml/input/data/<name>``), the
   model in ``SM_MODEL_DIR``, checkpoints in ``/opt/ml/checkpoints`` (synced to S3 by SageMaker), the
-  failure reason in ``/opt/ml/output/failure``, hosts in ``SM_HOSTS``/``SM_CURRENT_HOST``.
+  failure reason in ``/opt/ml/output/failure``, hosts in ``SM_HOSTS``/``SM_CURRENT_HOST`` (or
+  ``resourceconfig.json``, for an image without the training toolkit) and GPUs in ``SM_NUM_GPUS``.
 * **Vertex AI**: ``AIP_MODEL_DIR``, ``AIP_CHECKPOINT_DIR``, ``AIP_TRAINING_DATA_URI`` /
   ``AIP_VALIDATION_DATA_URI`` (wildcards match files, plus ``LAUNCHER_CHANNEL_<NAME>`` for other channels), hyperparameters as
-  ``--key=value`` arguments, the cluster in ``CLUSTER_SPEC``. ``gs://bucket/path`` is read and written
-  through Cloud Storage FUSE at ``/gcs/bucket/path``.
+  ``--key=value`` arguments, the cluster in ``CLUSTER_SPEC`` (worker pool 0 is the chief, pool 1 the
+  workers) with ``MASTER_ADDR``/``MASTER_PORT``. ``gs://bucket/path`` is read and written through Cloud
+  Storage FUSE at ``/gcs/bucket/path``.
 * **local**: the SageMaker layout rooted at a folder (``--root DIR``), which is what the local backend
   stages.
+
+Each contract gives a ``World``: the nodes of the job, this node's rank, the processes to start on it
+and the rendezvous address. ``World.torchrun_args`` turns it into torchrun's arguments; the entrypoint
+starts itself under torchrun with them when the job has more than one process (``entrypoints.train.main``).
+This module imports no torch: the launcher's dry runs show the same torchrun command.
 """
 
 from __future__ import annotations
@@ -28,14 +35,43 @@ CHANNELS = ("train", "eval", "general_eval")
 PLATFORM_KEY_PREFIXES = ("sagemaker_", "_")  # hyperparameters the platform adds for itself
 
 
+PROCS_ENV = "LAUNCHER_NPROC_PER_NODE"  # processes per node the launcher asks for (default: every GPU the platform gives)
+DEFAULT_MASTER_PORT = 29500
+
+
 @dataclass(frozen=True)
 class World:
-    """The distributed-training topology (one process on one host unless the platform says otherwise)."""
+    """The job's nodes as the platform describes them (one node unless it says otherwise).
+    ``procs_per_node`` None: one process per visible GPU, counted where torch is (the entrypoint)."""
 
-    rank: int = 0
-    world_size: int = 1
+    node_rank: int = 0
+    nodes: int = 1
     hosts: tuple[str, ...] = ()
     master_addr: str = "127.0.0.1"
+    master_port: int = DEFAULT_MASTER_PORT
+    procs_per_node: int | None = None
+
+    def torchrun_args(self, procs_per_node: int) -> list[str]:
+        """torchrun's arguments for this node: a standalone rendezvous (a free local port) on one node;
+        on several, the static rendezvous at the first host that every node names alike."""
+        if self.nodes == 1:
+            return ["--standalone", f"--nproc-per-node={procs_per_node}"]
+        return [f"--nnodes={self.nodes}", f"--node-rank={self.node_rank}", f"--nproc-per-node={procs_per_node}",
+                f"--master-addr={self.master_addr}", f"--master-port={self.master_port}"]
+
+
+def _procs(env: dict[str, str], platform_gpus: str | None = None) -> int | None:
+    """Processes per node: the launcher's LAUNCHER_NPROC_PER_NODE, else the platform's GPU count."""
+    for value, name in ((env.get(PROCS_ENV), PROCS_ENV), (platform_gpus, "SM_NUM_GPUS")):
+        if value:
+            try:
+                count = int(value)
+            except ValueError:
+                raise SpecError(f"{name}={value!r} is not a number of processes. To fix: set it to a positive integer") from None
+            if count < 1:
+                raise SpecError(f"{name}={count}: a node needs at least one process. To fix: set it to 1 or more")
+            return count
+    return None
 
 
 @dataclass(frozen=True)
@@ -126,10 +162,13 @@ def _sagemaker(root: Path, env: dict[str, str], flags: dict[str, str], kind: str
         resources = json.loads((config / "resourceconfig.json").read_text())
         hosts, current = tuple(resources.get("hosts", ())), resources.get("current_host", current)
     world = World(
-        rank=hosts.index(current) if current in hosts else 0,
-        world_size=max(1, len(hosts)),
+        node_rank=hosts.index(current) if current in hosts else 0,
+        nodes=max(1, len(hosts)),
         hosts=hosts,
         master_addr=hosts[0] if hosts else "127.0.0.1",
+        master_port=int(env.get("MASTER_PORT") or DEFAULT_MASTER_PORT),
+        # SageMaker gives every GPU of the instance; the local backend names its --gpus.
+        procs_per_node=_procs(env, env.get("SM_NUM_GPUS") if use_env else None),
     )
     return Platform(
         kind=kind,
@@ -165,19 +204,25 @@ def _vertex(env: dict[str, str], flags: dict[str, str]) -> Platform:
             channels[key.removeprefix("LAUNCHER_CHANNEL_").lower()] = _data_path(value, env)
     model_dir = gcs_path(env["AIP_MODEL_DIR"], env)
     checkpoint_dir = gcs_path(env.get("AIP_CHECKPOINT_DIR") or env["AIP_MODEL_DIR"].rstrip("/") + "/../checkpoints", env)
-    world = World()
+    world = World(procs_per_node=_procs(env))
     if env.get("CLUSTER_SPEC"):
+        # Pools in order (workerpool0 is the chief), replicas in order: the chief is node 0. Vertex's
+        # PyTorch images also set MASTER_ADDR/MASTER_PORT (and WORLD_SIZE/RANK counting nodes, which
+        # torchrun's own per-process ones replace); CLUSTER_SPEC's chief address is the fallback.
         spec = json.loads(env["CLUSTER_SPEC"])
         pools = spec.get("cluster", {})
         hosts = tuple(h for pool in sorted(pools) for h in pools[pool])
         task = spec.get("task", {})
         pool_names = sorted(pools)
         offset = sum(len(pools[p]) for p in pool_names[: pool_names.index(task["type"])]) if task.get("type") in pools else 0
+        chief, _, chief_port = (hosts[0] if hosts else "127.0.0.1").partition(":")
         world = World(
-            rank=offset + int(task.get("index", 0)),
-            world_size=max(1, len(hosts)),
+            node_rank=offset + int(task.get("index", 0)),
+            nodes=max(1, len(hosts)),
             hosts=hosts,
-            master_addr=hosts[0].split(":")[0] if hosts else "127.0.0.1",
+            master_addr=env.get("MASTER_ADDR") or chief,
+            master_port=int(env.get("MASTER_PORT") or chief_port or DEFAULT_MASTER_PORT),
+            procs_per_node=world.procs_per_node,
         )
     return Platform(
         kind="vertex",

@@ -17,6 +17,16 @@ Invariants worth knowing before changing the loop:
 * SIGTERM (a spot interruption) sets a flag; the loop checkpoints at the next step boundary and the
   process exits with ``INTERRUPTED_EXIT_CODE`` (75). Re-running the same command resumes.
 
+* Several processes (torchrun; ``distributed``) run this same recipe with a world size. Every
+  optimizer step is still ``micro_batch_size x gradient_accumulation_steps`` rows, whatever the world
+  size: each rank trains a disjoint, token-balanced part of it in as many micro-batches as every other
+  rank (padding micro-batches where it has fewer), the loss is normalised by the step's target tokens
+  summed over the ranks (all-reduce), and the gradient is scaled by the world size, since DDP and FSDP
+  average the ranks' gradients where this sum wants adding. The step's forward is one module
+  (``fast.StepLoss``) under DDP or FSDP2. Rank 0 alone logs and writes the adapter, metrics and
+  checkpoints; checkpoints hold whole tensors (gathered from the shards) and every rank's RNG state, so
+  a run resumes on any world size that divides the step.
+
 Exit codes: 0 done, 1 failed, 2 bad input (one line on stderr; nothing trained), 75 interrupted.
 """
 
@@ -36,7 +46,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from entrypoints import checkpoint, evaluate, models, platform, sequences
+from entrypoints import checkpoint, distributed, evaluate, models, platform, sequences
 from launcher import data as datasets_io
 from launcher import memory
 from launcher.errors import DataError, LauncherError, MissingExtraError, SpecError, UserInputError
@@ -48,7 +58,12 @@ class Interrupted(Exception):
 
 
 def log(message: str) -> None:
-    print(message, flush=True)
+    """A line of the job's log: from rank 0 alone when several processes train."""
+    if not distributed.under_torchrun() or os.environ.get("RANK", "0") == "0":
+        print(message, flush=True)
+
+
+check_world = memory.check_world  # a world size that cannot split every step evenly is refused before anything starts
 
 
 def quiet_library_noise() -> None:
@@ -71,14 +86,14 @@ class Recipe:
             raise SpecError("no 'train' data channel. To fix: pass the training data as the 'train' channel")
         if config.general_mix > 0 and "general_eval" not in plat.channels:
             raise SpecError("general_mix > 0 needs a 'general_eval' dataset to draw general text from. To fix: add data.general_eval or set general_mix: 0")
-        if plat.world.world_size > 1:
-            raise SpecError("multi-node training is not supported by this entrypoint yet. To fix: use one node (compute.nodes: 1)")
         self.platform = plat
         self.config = config
         self.on_step = on_step
         self.stop_requested = False
         self.loss_curve: list[dict[str, float]] = []
         self.metrics: dict[str, Any] = {}
+        self.ranks = distributed.Ranks()
+        self.strategy: str | None = None  # "ddp" | "fsdp" when several processes train
 
     # ------------------------------------------------------------------------------------------------
     # setup
@@ -86,7 +101,10 @@ class Recipe:
     def setup(self) -> None:
         self._setup_device()
         self._check_imports()  # everything the job will import, evaluation's included, before any training
-        self.resume_from = checkpoint.latest(self.platform.checkpoint_dir, warn=log)
+        # Rank 0 picks the checkpoint (and tidies half-written ones); every rank resumes the same one.
+        found = checkpoint.latest(self.platform.checkpoint_dir, warn=log) if self.ranks.is_rank_zero else None
+        name = distributed.broadcast(found.name if found else None)
+        self.resume_from = self.platform.checkpoint_dir / name if name else None
         with self.phase("tokenise"):
             self._setup_data()
         with self.phase("load"):
@@ -121,6 +139,9 @@ class Recipe:
         policy = memory.runtime_policy(self.config, self.device)
         self.fast, self.gradient_checkpointing = policy.fast, policy.gradient_checkpointing
         self.use_liger = False
+        self.ranks = distributed.init(self.device)  # torchrun's workers join the process group; others stay alone
+        if self.ranks.initialized:
+            check_world(self.config, self.ranks.world_size)
         # Seed before anything draws random numbers (the data split, LoRA initialisation, dropout).
         random.seed(self.config.seed)
         import numpy as np
@@ -128,7 +149,8 @@ class Recipe:
         np.random.seed(self.config.seed)
         torch.manual_seed(self.config.seed)
         log(f"device {self.device} ({precision}), method {self.config.method}, base {self.config.base_model}, "
-            f"{'fast path' if self.fast else 'standard path'}")
+            f"{'fast path' if self.fast else 'standard path'}"
+            + (f", {self.ranks.world_size} processes" if self.ranks.initialized else ""))
 
     def _check_imports(self) -> None:
         """Fail in seconds, not after hours of training: a missing evaluation package once cost a whole
@@ -256,6 +278,9 @@ class Recipe:
                             f"mask of attention '{self.attention}' does not apply to sequences of max_seq_len {cfg.max_seq_len}. "
                             f"To fix: max_seq_len: {window} or less" + ("" if softcap else ", or the GPU fast path with attention: varlen"))
         implementation = {"varlen": fast.register_varlen, "flex": lambda: "flex_attention"}.get(self.attention, lambda: self.attention)()
+        self.strategy = self._strategy(arch)
+        if self.strategy == "fsdp" and cfg.fp8 == "on":
+            raise SpecError("fp8: on keeps float8 copies of the weights that FSDP does not shard. To fix: fp8: off, or distributed: ddp")
         base = self.load_base(attn_implementation=implementation)
         self.logit_softcap = getattr(base.config, "final_logit_softcapping", None)
         self.model = models.add_lora(
@@ -275,6 +300,31 @@ class Recipe:
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in self.model.parameters())
         log(f"model: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
+        if self.resume_from is not None:  # before sharding: the checkpoint holds whole tensors
+            from peft import set_peft_model_state_dict
+
+            adapter, _, _ = checkpoint.load(self.resume_from)
+            set_peft_model_state_dict(self.model, adapter)
+        # The step's forward as one module, under DDP or FSDP2 when several processes train.
+        self.step_loss = fast.StepLoss(self.model, fast=self.fast, use_liger=self.use_liger, softcap=self.logit_softcap)
+        if self.strategy is not None:
+            self.step_loss = distributed.wrap(self.step_loss, self.strategy, self.device, self.decoder_layers())
+            log(f"distributed: {self.strategy.upper()} over {self.ranks.world_size} processes")
+
+    def _strategy(self, arch) -> str | None:
+        """DDP or FSDP2 for several processes (None for one): as the config says, else DDP when the job
+        fits one GPU by ``launcher.memory``'s model (the CPU has no such limit)."""
+        if not self.ranks.initialized:
+            return None
+        if self.config.distributed != "auto" or self.device != "cuda":
+            return "fsdp" if self.config.distributed == "fsdp" else "ddp"
+        import torch
+
+        shape = memory.ModelShape.from_config(arch.to_dict(), name=self.config.base_model, source="config")
+        must_fit = memory.runtime_policy(self.config, self.device).must_fit
+        chosen = memory.parallelism(memory.estimate_memory(shape, must_fit), shape, torch.cuda.get_device_properties(0).total_memory,
+                                    self.ranks.world_size, self.config.gradient_checkpointing)
+        return "fsdp" if chosen.strategy == "fsdp" else "ddp"
 
     def base_config(self):
         """The base model's transformers config (read before the weights, which it helps load)."""
@@ -287,8 +337,13 @@ class Recipe:
         return self.base_config().model_type
 
     def load_base(self, attn_implementation: str):
-        """The frozen base model (the GPU benchmark overrides this to build random weights from a config)."""
-        return models.load_base(self.config, self.device, dtype=self.dtype, attn_implementation=attn_implementation)
+        """The frozen base model (the GPU benchmark overrides this to build random weights from a config).
+        Under FSDP a LoRA base is loaded in host memory and each rank's shards move to its GPU as they
+        are made; QLoRA stores its 4-bit weights in the compute dtype, so they shard like the others."""
+        fsdp = self.strategy == "fsdp"
+        device = "cpu" if fsdp and self.config.method == "lora" else self.device
+        return models.load_base(self.config, device, dtype=self.dtype, attn_implementation=attn_implementation,
+                                quant_storage=self.dtype if fsdp else None)
 
     def _setup_batches(self) -> None:
         """Rows and optimizer steps. The spec decides every step, on every path and GPU: rows of at
@@ -335,12 +390,24 @@ class Recipe:
             if cfg.max_memory_gib is not None:
                 log("max_memory_gib applies to GPUs; ignored on the CPU")
             return fast.round_up(4 * cfg.max_seq_len)
+        import torch
+
+        # Every rank measures; each decision takes the largest measurement (the smallest budget wins), so
+        # all ranks probe alike, decide alike and run micro-batches of one size.
+        def agreed(value: int) -> int:
+            return int(distributed.all_reduce([value], "max", device=self.device)[0])
+
         sizing = fast.size_micro_batches(
-            self.model, lambda tokens: fast.probe_memory(self.model, self.forward, tokens, cfg.max_seq_len), cfg, log=log
+            self.model, lambda tokens: agreed(fast.probe_memory(self.model, self.forward, tokens, cfg.max_seq_len)), cfg, log=log,
+            allocated=lambda: agreed(torch.cuda.memory_allocated()),
         )
+        smallest, layers = (int(v) for v in distributed.all_reduce([-sizing.micro_batch_tokens, sizing.checkpointed_layers], "max",
+                                                                   device=self.device))
+        if layers != sizing.checkpointed_layers:
+            self.checkpoint_layers(layers)
         self.bytes_per_token = sizing.bytes_per_token
-        self.gradient_checkpointing = sizing.checkpointed_layers > 0
-        return sizing.micro_batch_tokens
+        self.gradient_checkpointing = layers > 0
+        return -smallest
 
     def decoder_layers(self) -> list:
         from entrypoints import fast
@@ -376,17 +443,18 @@ class Recipe:
         self.saved_step = None
 
     def _maybe_resume(self) -> None:
-        from peft import set_peft_model_state_dict
-
         found = self.resume_from
         if found is None:
             return
-        adapter, state, position = checkpoint.load(found)
+        _, state, position = checkpoint.load(found)  # the adapter was loaded with the model
         self._check_same_training(found, position.get("trained_on"))
-        set_peft_model_state_dict(self.model, adapter)
-        self.optimizer.load_state_dict(state["optimizer"])
+        distributed.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        checkpoint.set_rng_state(state["rng"])
+        streams = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # one per rank that saved it
+        if len(streams) != self.ranks.world_size:
+            log(f"warning: {found.name} was saved by {len(streams)} process(es) and resumes on {self.ranks.world_size}: "
+                "with lora_dropout > 0 the dropout masks differ from an uninterrupted run")
+        checkpoint.set_rng_state(streams[self.ranks.rank % len(streams)])
         self.step, self.epoch, self.window = position["step"], position["epoch"], position["window"]
         self.loss_curve = position["loss_curve"]
         self.saved_step = self.step
@@ -417,27 +485,18 @@ class Recipe:
     # train
     # ------------------------------------------------------------------------------------------------
     def forward(self, model, batch) -> tuple[Any, Any]:
-        """Sum of target-token losses and the number of target tokens for one batch."""
+        """Sum of target-token losses and the number of target tokens for one batch, through the step's
+        loss module (``fast.StepLoss``, wrapped by DDP/FSDP on several processes), which holds ``model``."""
         import torch
-        import torch.nn.functional as F
 
+        assert model is self.model, "the step's loss module computes with the recipe's own model"
         # Pinned batches (collate_window) are copied without blocking the host.
         input_ids, targets, positions = (batch[k].to(self.device, non_blocking=True) for k in ("input_ids", "targets", "position_ids"))
+        keep = None
+        if self.fast:  # logits only where there is a target, picked on the host copy: the device never waits
+            keep = (batch["targets"].flatten() != sequences.IGNORE).nonzero().flatten().to(self.device, non_blocking=True)
         with torch.autocast(self.device, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            if self.fast:
-                from entrypoints import fast
-
-                base = model.get_base_model()
-                hidden = base.get_decoder()(input_ids=input_ids, position_ids=positions, **self._attention_inputs(batch)).last_hidden_state
-                # Logits only where there is a target (prompt tokens have none): the rows are picked on the
-                # host copy of the targets, so the device never waits.
-                keep = (batch["targets"].flatten() != sequences.IGNORE).nonzero().flatten().to(self.device, non_blocking=True)
-                loss_sum = fast.linear_cross_entropy(hidden.flatten(0, 1).index_select(0, keep), base.get_output_embeddings(),
-                                                     targets.flatten().index_select(0, keep), use_liger=self.use_liger,
-                                                     softcap=self.logit_softcap)
-            else:
-                logits = model(input_ids=input_ids, position_ids=positions, **self._attention_inputs(batch)).logits
-                loss_sum = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=sequences.IGNORE, reduction="sum")
+            loss_sum = self.step_loss(input_ids, targets, positions, keep, self._attention_inputs(batch))
         return loss_sum, (targets != sequences.IGNORE).sum()
 
     def _attention_inputs(self, batch: dict) -> dict:
@@ -458,15 +517,21 @@ class Recipe:
             mask = torch.zeros(mask.shape, dtype=self.dtype, device=mask.device).masked_fill_(~mask, torch.finfo(self.dtype).min)
         return {"attention_mask": mask}
 
-    def accumulate(self, micro_batches: list[dict]) -> tuple[Any, int]:
-        """Backward over one optimizer step's micro-batches, normalised by the window's target tokens,
-        so the gradient is the same however the window is split into micro-batches. Returns the summed
-        loss as a tensor: reading it waits for the device, so the caller does that last."""
-        n_targets = sum(int((b["targets"] != sequences.IGNORE).sum()) for b in micro_batches)
+    def accumulate(self, micro_batches: list[dict], n_targets: int | None = None) -> tuple[Any, int]:
+        """Backward over one optimizer step's micro-batches, normalised by the step's target tokens
+        (``n_targets``: over every rank; default this process's), so the gradient is the same however the
+        step is split into micro-batches and ranks. DDP and FSDP average the ranks' gradients, so each
+        rank's loss is scaled by the world size to make that average the sum. Gradients are reduced
+        across ranks at the last micro-batch only. Returns the summed loss as a tensor: reading it waits
+        for the device, so the caller does that last."""
+        if n_targets is None:
+            n_targets = sum(int((b["targets"] != sequences.IGNORE).sum()) for b in micro_batches)
+        scale = self.ranks.world_size / n_targets
         total = 0.0
-        for batch in micro_batches:
-            loss_sum, _ = self.forward(self.model, batch)
-            (loss_sum / n_targets).backward()
+        for index, batch in enumerate(micro_batches):
+            with distributed.no_sync(self.step_loss, sync=index == len(micro_batches) - 1):
+                loss_sum, _ = self.forward(self.model, batch)
+                (loss_sum * scale).backward()
             total = total + loss_sum.detach()
         return total, n_targets
 
@@ -475,13 +540,17 @@ class Recipe:
         without blocking the host. Fast-path rows are padded to whole attention blocks (to the full
         budget under torch_compile, whose compiled layers want one shape)."""
         pad = self.tokenizer.pad_token_id
+        multiple = 8
+        width = None
         if self.fast:
             from entrypoints import fast
 
+            multiple = fast.BLOCK
             width = self.micro_batch_tokens if self.config.torch_compile == "layers" else None
-            micro = [sequences.collate(rows, self.train_tokens, pad, multiple=fast.BLOCK, width=width) for rows in window]
-        else:
-            micro = [sequences.collate(rows, self.train_tokens, pad) for rows in window]
+        # A rank with fewer micro-batches than the others in a step gets padding ones (no row: one
+        # padding block, no target), so every rank runs the step's collectives as often.
+        micro = [sequences.collate(rows, self.train_tokens, pad, multiple=multiple, width=width or (None if any(rows) else multiple))
+                 for rows in window]
         if self.device == "cuda":
             micro = [{k: v.pin_memory() for k, v in b.items()} for b in micro]
         return micro
@@ -495,14 +564,29 @@ class Recipe:
         mb, ga = self.config.micro_batch_size, self.config.gradient_accumulation_steps
         batches = [[self.rows[i] for i in order[s : s + mb]] for s in range(0, len(order), mb)]
         windows = [batches[s : s + ga] for s in range(0, len(batches), ga)]
-        if not self.fast:
+        if not self.fast and not self.ranks.initialized:
             return windows
-        repacked = []
-        for window in windows:
-            examples = [i for batch in window for row in batch for i in row]
-            bins = sequences.pack([len(self.train_tokens[i]) for i in examples], self.micro_batch_tokens)
-            repacked.append([[[examples[j] for j in b]] for b in bins])
-        return repacked
+        return [self._rank_window(window) for window in windows]
+
+    def _rank_window(self, window: list[list[list[int]]]) -> list[list[list[int]]]:
+        """This rank's part of an optimizer step: on the fast path its examples, on the standard path
+        its rows, a token-balanced disjoint share (``distributed.shard_step``, the same split on every
+        rank), packed (fast path) or grouped by micro_batch_size rows, then padded with empty
+        micro-batches to the most any rank has. One process: the whole step, repacked on the fast path."""
+        world, rank = self.ranks.world_size, self.ranks.rank
+        size = (lambda units: [len(self.train_tokens[i]) for i in units]) if self.fast else \
+            (lambda units: [sum(len(self.train_tokens[i]) for i in row) for row in units])
+        units = [i for batch in window for row in batch for i in row] if self.fast else [row for batch in window for row in batch]
+        parts = []
+        for shard in distributed.shard_step(size(units), world):
+            mine = [units[j] for j in shard]
+            if self.fast:
+                parts.append([[[mine[j] for j in b]] for b in sequences.pack(size(mine), self.micro_batch_tokens)])
+            else:
+                mb = self.config.micro_batch_size
+                parts.append([mine[s : s + mb] for s in range(0, len(mine), mb)])
+        most = max(len(p) for p in parts)
+        return parts[rank] + [[[]] for _ in range(most - len(parts[rank]))]  # [[]]: one row, no example
 
     def train(self) -> None:
         import torch
@@ -514,7 +598,8 @@ class Recipe:
         started = time.perf_counter()
         self.tokens_seen = 0  # non-padding tokens this process trained on (effective tokens)
         # A progress bar on a terminal; in job logs (not a TTY) the periodic step lines stand alone.
-        bar = tqdm(total=self.total_steps, initial=self.step, desc="Training", unit="step", disable=None, dynamic_ncols=True)
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="Training", unit="step",
+                   disable=None if self.ranks.is_rank_zero else True, dynamic_ncols=True)
         if self.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         self.model.train()  # every module: evaluation (a resumed run's, a probe's) leaves them in eval mode
@@ -522,16 +607,24 @@ class Recipe:
             windows = self.epoch_windows(self.epoch)
             upcoming = None  # the next step's micro-batches, collated while the device runs this one
             while self.window < len(windows) and self.step < self.total_steps:
-                if self.stop_requested:
+                micro = upcoming or self.collate_window(windows[self.window])
+                # One agreement a step: the step's target tokens over every rank, and whether any rank
+                # was asked to stop (all of them then checkpoint together at this boundary).
+                n_local = sum(int((b["targets"] != sequences.IGNORE).sum()) for b in micro)
+                n_targets, stop = distributed.all_reduce([n_local, float(self.stop_requested)], device=self.device)
+                if stop:
                     bar.close()
                     self._checkpoint()
                     raise Interrupted(f"stopped at step {self.step}")
-                micro = upcoming or self.collate_window(windows[self.window])
-                loss_sum, n_targets = self.accumulate(micro)
+                loss_sum, n_targets = self.accumulate(micro, int(n_targets))
+                if self.ranks.initialized:
+                    torch.distributed.all_reduce(loss_sum)  # the step's loss over every rank, for the curve
                 following = self.window + 1
                 upcoming = self.collate_window(windows[following]) if following < len(windows) and self.step + 1 < self.total_steps else None
                 self.tokens_seen += sum(int((b["doc_ids"] >= 0).sum()) for b in micro)
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+                if hasattr(grad_norm, "full_tensor"):  # FSDP: a norm over the sharded gradients
+                    grad_norm = grad_norm.full_tensor()
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
@@ -545,7 +638,8 @@ class Recipe:
                 bar.update(1)
                 if self.step % cfg.logging_steps == 0 or self.step == self.total_steps:
                     rate = self.tokens_seen / max(1e-9, time.perf_counter() - started)
-                    line = f"step {self.step}/{self.total_steps} loss {window_loss / n_targets:.4f} lr {lr:.2e} tok/s {rate:.0f}"
+                    line = (f"step {self.step}/{self.total_steps} loss {window_loss / n_targets:.4f} lr {lr:.2e} tok/s {rate:.0f}"
+                            + (" per process" if self.ranks.world_size > 1 else ""))
                     if bar.disable:
                         log(line)
                     else:
@@ -560,32 +654,42 @@ class Recipe:
         if self.saved_step != self.step:
             self._checkpoint()  # the finished state: a restart after this goes straight to evaluation
         elapsed = time.perf_counter() - started
+        tokens = int(distributed.all_reduce([self.tokens_seen], device=self.device)[0])  # every rank's
         self.metrics["train"] = {
             "steps": self.step,
             "max_steps": cfg.max_steps,
             "epochs": round(self.step / self.windows_per_epoch, 4),  # as trained: max_steps overrides epochs
             "examples": len(self.train_tokens),
             "target_tokens": sum(t.n_targets for t in self.train_tokens),
-            "tokens_per_s": self.tokens_seen / elapsed if self.tokens_seen else 0.0,
+            "tokens_per_s": tokens / elapsed if tokens else 0.0,  # all processes together
+            "tokens_per_s_per_process": tokens / elapsed / self.ranks.world_size if tokens else 0.0,
+            "processes": self.ranks.world_size,
+            "distributed": self.strategy,
             "runtime_s": elapsed,
             "peak_memory_bytes": _peak_memory(self.device),
             "device": self.device,
         }
 
     def _checkpoint(self) -> None:
+        """Written collectively: every rank gives its shards and RNG state, rank 0 writes whole tensors."""
         from peft import get_peft_model_state_dict
 
+        whole = distributed.trainable_state(self.model)
+        state = {"optimizer": distributed.optimizer_state(self.model, self.optimizer), "scheduler": self.scheduler.state_dict(),
+                 "rng": distributed.gather(checkpoint.rng_state())}
+        self.saved_step = self.step
+        if not self.ranks.is_rank_zero:
+            distributed.barrier()  # the checkpoint is complete when every rank goes on
+            return
+        adapter = get_peft_model_state_dict(self.model, state_dict=whole)
         position = {"step": self.step, "epoch": self.epoch, "window": self.window, "loss_curve": self.loss_curve,
                     "trained_on": self.trained_on(),
                     "micro_batch_tokens": getattr(self, "micro_batch_tokens", None),
                     "checkpointed_layers": self.checkpointed_layers() if self.fast else None}
-        path = checkpoint.save(
-            self.platform.checkpoint_dir, self.step,
-            adapter=get_peft_model_state_dict(self.model), optimizer=self.optimizer, scheduler=self.scheduler,
-            position=position, keep=self.config.keep_checkpoints,
-        )
-        self.saved_step = self.step
+        path = checkpoint.save(self.platform.checkpoint_dir, self.step, adapter=adapter, state=state, position=position,
+                               keep=self.config.keep_checkpoints)
         log(f"checkpoint {path.name}")
+        distributed.barrier()
 
     # ------------------------------------------------------------------------------------------------
     # evaluate
@@ -631,9 +735,12 @@ class Recipe:
         stop = sequences.chat_format(self.tokenizer).stop_token_ids(self.tokenizer)
 
         def generate() -> list[str]:
-            return evaluate.generate(self.model, self.tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, device=self.device,
-                                     stop_token_ids=stop, between_batches=self._check_stop,
-                                     batch_size=32 if self.device == "cuda" else 8)
+            # Every rank generates the same answers; under FSDP in step (synced: each forward is a
+            # collective), the root's own weights gathered for the calls that bypass its forward.
+            with distributed.unsharded(self.step_loss):
+                return evaluate.generate(self.model, self.tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, device=self.device,
+                                         stop_token_ids=stop, between_batches=self._check_stop,
+                                         batch_size=32 if self.device == "cuda" else 8, synced=self.strategy == "fsdp")
 
         self.model.config.use_cache = True
         tuned_out = generate() if chosen else []
@@ -680,14 +787,21 @@ class Recipe:
         """The trained adapter and its tokenizer, before evaluation: an evaluation that fails loses no
         training (metrics.json, written last by ``save``, is what marks the model dir done)."""
         out = self.platform.model_dir
+        whole = distributed.trainable_state(self.model) if self.ranks.initialized else None  # gathered from the shards
+        if not self.ranks.is_rank_zero:
+            return
         out.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(out)
+        self.model.save_pretrained(out, **({"state_dict": whole} if whole is not None else {}))
         self.tokenizer.save_pretrained(out)
         log(f"adapter saved in {out}")
 
     def save(self) -> dict[str, Any]:
+        """Merged weights (optional), samples, manifest and metrics: rank 0's to write."""
         cfg = self.config
         out = self.platform.model_dir
+        metrics = {"schema": 1, "base_model": cfg.base_model, "method": cfg.method, **self.metrics, "loss_curve": self.loss_curve}
+        if not self.ranks.is_rank_zero:
+            return metrics
         if cfg.merge:
             with self.phase("merge"):
                 self._save_merged(out / "merged")
@@ -700,7 +814,6 @@ class Recipe:
             build_baseline(self.baseline_pairs, embeddings=False,
                            source=f"training evaluation: {len(self.baseline_pairs)} eval prompts and the tuned model's answers").save(out)
         checkpoint.write_atomic(out / "manifest.json", json.dumps(self._manifest(), indent=2))
-        metrics = {"schema": 1, "base_model": cfg.base_model, "method": cfg.method, **self.metrics, "loss_curve": self.loss_curve}
         checkpoint.write_atomic(out / "metrics.json", json.dumps(metrics, indent=2))  # last: its presence means done
         return metrics
 
@@ -816,11 +929,20 @@ def run(plat: platform.Platform, config: TrainConfig, on_step: Callable[[int], N
 def main(argv: list[str] | None = None) -> int:
     plat = None
     try:
-        plat = platform.detect(sys.argv[1:] if argv is None else argv)
+        argv = sys.argv[1:] if argv is None else argv
+        plat = platform.detect(argv)
         config = TrainConfig.from_mapping(plat.hyperparameters, source="hyperparameters")
+        if not distributed.under_torchrun():  # several processes: torchrun starts them, each runs this again
+            procs = distributed.procs_per_node(plat.world.procs_per_node)
+            if plat.world.nodes * procs > 1:
+                check_world(config, plat.world.nodes * procs)
+                _check_gpus(procs)
+                return distributed.launch(plat.world.torchrun_args(procs), list(argv))
         metrics = run(plat, config)
-        summary(metrics)
+        if os.environ.get("RANK", "0") == "0":
+            summary(metrics)
         log(f"done: model in {plat.model_dir}")
+        distributed.close()
         return 0
     except Interrupted as exc:
         log(f"interrupted: {exc}; re-run to resume from the last checkpoint")
@@ -835,6 +957,19 @@ def main(argv: list[str] | None = None) -> int:
         reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
         _fail(plat, f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__)
         return 1
+
+
+def _check_gpus(procs: int) -> None:
+    """One process per GPU: refuse more processes than GPUs are visible (the CPU, by LAUNCHER_DEVICE=cpu
+    or for want of a GPU, runs any number)."""
+    if os.environ.get("LAUNCHER_DEVICE", "auto") == "cpu":
+        return
+    import torch
+
+    visible = torch.cuda.device_count()
+    if visible and procs > visible:
+        raise SpecError(f"{procs} processes per node asked for ({platform.PROCS_ENV} or the platform's GPU count) but "
+                        f"{visible} GPU(s) are visible. To fix: ask for at most {visible}")
 
 
 def _fail(plat: platform.Platform | None, message: str) -> None:

@@ -102,17 +102,20 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def request(job: JobSpec | str | Path, backend: str = "local", run_name: str = "run1", new_run: bool = False
-            ) -> tuple[LaunchRequest, Backend, list[str]]:
+def request(job: JobSpec | str | Path, backend: str = "local", run_name: str = "run1", new_run: bool = False,
+            gpus: int | None = None) -> tuple[LaunchRequest, Backend, list[str]]:
     """Check ``job`` for ``backend`` and build its launch request: (request, backend, warnings).
-    Nothing is staged or launched."""
+    ``gpus``: the local backend's processes (one per GPU of this machine). Nothing is staged or launched."""
     from launcher.data import content_digest
 
     spec = job if isinstance(job, JobSpec) else JobSpec.from_yaml(job)
     if new_run:
         run_name = _dt.datetime.now(_dt.timezone.utc).strftime("r%m%d-%H%M%S")  # 12 characters, the most a run name has
     runner = registry.get(backend)
-    warnings = check(spec, runner)
+    if gpus is not None and runner.name != "local":
+        raise UserInputError(f"--gpus applies to the local backend; {runner.name} takes the GPUs of compute.accelerator "
+                             "(such as 'H100:8'). To fix: set compute.accelerator and drop --gpus")
+    warnings = check(spec, runner, gpus)
     channels = spec.data.channels()
     identity = spec.identity(runner.name, {name: content_digest(uri) for name, uri in channels.items()},
                              base_model=base_model_digest(spec.base_model))
@@ -124,7 +127,7 @@ def request(job: JobSpec | str | Path, backend: str = "local", run_name: str = "
     device = options.pop("device", None) or (accelerator.kind if accelerator else "auto")
     built = LaunchRequest(
         job_id=job_id, backend=runner.name, name=spec.name, run_name=run_name, config=config, channels=channels,
-        compute=spec.compute, device=device, processes_per_host=accelerator.count if accelerator else 1,
+        compute=spec.compute, device=device, processes_per_host=gpus or (accelerator.count if accelerator else 1),
         output_uri=spec.output, image=options.pop("image_uri", None), secrets={"hf_token": config.hf_token_env},
         tags={**spec.tags, "launcher-job-id": job_id, "launcher-run": run_name}, backend_options=options,
         identity=identity,
@@ -132,9 +135,10 @@ def request(job: JobSpec | str | Path, backend: str = "local", run_name: str = "
     return built, runner, warnings
 
 
-def launch(job: JobSpec | str | Path, backend: str = "local", run_name: str = "run1", new_run: bool = False) -> JobHandle:
+def launch(job: JobSpec | str | Path, backend: str = "local", run_name: str = "run1", new_run: bool = False,
+           gpus: int | None = None) -> JobHandle:
     """Submit ``job`` to ``backend``, or re-attach to it; nothing is staged when a check fails."""
-    built, runner, warnings = request(job, backend, run_name, new_run)
+    built, runner, warnings = request(job, backend, run_name, new_run, gpus)
     found = runner.find(built.job_id)
     attempt = 1
     if found is not None:
@@ -152,13 +156,17 @@ def launch(job: JobSpec | str | Path, backend: str = "local", run_name: str = "r
     return JobHandle(ref, runner, reattached=False, warnings=warnings)
 
 
-def check(spec: JobSpec, backend: Backend) -> list[str]:
+def check(spec: JobSpec, backend: Backend, gpus: int | None = None) -> list[str]:
     """Everything launching checks before staging: backend limits, the data, and the GPU fit.
     Returns the backend's warnings."""
     from launcher.data import validate_dataset
+    from launcher.memory import check_world
     from launcher.plan import check_fits
 
     warnings = backend.check(spec)
+    if gpus is not None:
+        backend.check_gpus(gpus)
+        check_world(spec.train_config(), gpus)
     data = spec.data
     for report in validate_dataset(data.train, data.eval, data.general_eval):
         if report.errors:

@@ -13,6 +13,17 @@ disagree about them:
 * ``estimate_memory(shape, config)`` and ``choose_checkpointing``: what a step takes, term by term,
   and whether gradient checkpointing is needed to fit a GPU.
 * ``qlora_memory_target(shape, config)``: the bytes QLoRA's fast path spends by default.
+* ``parallelism(memory, shape, have, gpus, mode)``: on several GPUs, DDP (every GPU holds the whole
+  model) when the job fits one GPU, else FSDP2 (``fully_shard`` per decoder layer), and what a GPU
+  then holds (``fsdp_total``).
+
+Several GPUs
+------------
+DDP keeps a whole replica per GPU: memory per GPU is the one-GPU figure. FSDP2 shards the frozen
+weights and the LoRA state across the ``gpus`` ranks (ZeRO-3, Rajbhandari et al. 2020) and all-gathers
+one decoder layer at a time, with the next layer prefetched: per GPU, weights / gpus + two layers'
+unsharded weights + LoRA state / gpus + the same activations, logits and margin as on one GPU (each
+rank runs its own micro-batches of the same size).
 
 One known difference is left as it is: on the standard path (``fast_path: off``) on a GPU, plan's
 ``choose_checkpointing`` turns "auto" checkpointing on where the job does not fit without it, while the
@@ -341,3 +352,56 @@ def runtime_policy(config: TrainConfig, device: str) -> Policy:
         gradient_checkpointing=mode == "on" or (mode == "auto" and fast and config.method == "qlora"),
         must_fit=config.model_copy(update={"micro_batch_size": 1}) if fast else config,
     )
+
+
+# --- several GPUs -------------------------------------------------------------------------------------
+def check_world(config: TrainConfig, world_size: int) -> None:
+    """Refuse a world size that cannot split every optimizer step evenly (each rank trains an equal
+    share of the step's micro_batch_size x gradient_accumulation_steps rows)."""
+    rows = config.micro_batch_size * config.gradient_accumulation_steps
+    if rows % world_size:
+        steps = next(g for g in range(config.gradient_accumulation_steps, 10**6) if config.micro_batch_size * g % world_size == 0)
+        raise SpecError(f"an optimizer step of micro_batch_size x gradient_accumulation_steps = {rows} rows cannot be split "
+                        f"evenly over {world_size} processes. To fix: gradient_accumulation_steps: {steps} (or a world size "
+                        f"that divides {rows})")
+
+
+def layer_weight_bytes(memory: MemoryEstimate, shape: ModelShape) -> int:
+    """One decoder layer's share of the frozen weights (what FSDP all-gathers at a time)."""
+    embeddings = shape.vocab * shape.hidden * (1 if shape.tied else 2)
+    per_weight = memory.weights / max(1, shape.params)
+    return int((shape.params - embeddings) / shape.layers * per_weight)
+
+
+def fsdp_total(memory: MemoryEstimate, shape: ModelShape, gpus: int, checkpointing: bool) -> int:
+    """Bytes per GPU with FSDP2 over ``gpus`` GPUs (see the module docstring)."""
+    sharded = (memory.weights + memory.lora_state) // gpus + 2 * layer_weight_bytes(memory, shape)
+    return sharded + memory.activations(checkpointing) + memory.logits + memory.margin(checkpointing)
+
+
+@dataclass(frozen=True)
+class Parallelism:
+    """How a job runs on ``gpus`` GPUs: 'single' (one GPU), 'ddp' or 'fsdp'; bytes per GPU; fits?"""
+
+    strategy: str
+    checkpointing: bool
+    bytes_per_gpu: int
+    fits: bool
+
+
+def parallelism(memory: MemoryEstimate, shape: ModelShape, have: int, gpus: int, mode: str = "auto",
+                strategy: str = "auto") -> Parallelism:
+    """DDP when the job fits one GPU (no communication beyond the adapter's gradients), else FSDP2
+    when sharding makes it fit; ``strategy`` 'ddp' or 'fsdp' is kept as asked. Checkpointing as
+    ``choose_checkpointing`` decides it, for the strategy's bytes."""
+    checkpointing, fits = choose_checkpointing(memory, have, mode)
+    if gpus == 1:
+        return Parallelism("single", checkpointing, memory.total(checkpointing), fits)
+    if strategy == "ddp" or (strategy == "auto" and fits):
+        return Parallelism("ddp", checkpointing, memory.total(checkpointing), fits)
+    if mode == "auto":
+        checkpointing = fsdp_total(memory, shape, gpus, False) > have
+    else:
+        checkpointing = mode == "on"
+    need = fsdp_total(memory, shape, gpus, checkpointing)
+    return Parallelism("fsdp", checkpointing, need, need <= have)

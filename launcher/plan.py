@@ -22,7 +22,9 @@ causally) and f = 0.26 is the share of time that goes with the number of layers 
 (elementwise kernels and launches): a size sweep on one H200 from 0.5B to 14B fits within 8% this
 way, where FLOPs alone is 4x optimistic at 0.5B. Gradient checkpointing costs its measured factor
 (0.737). Data parallelism keeps ``data_parallel_efficiency_per_doubling`` (0.9) of linear scaling per
-doubling of GPUs. Hours = training tokens / throughput + a fixed overhead (model
+doubling of GPUs. A multi-GPU row runs DDP where the job fits one GPU and FSDP2 where only sharding
+makes it fit (``launcher.memory.parallelism``, as the entrypoint decides); FSDP's all-gathers are not
+in the time estimate. Hours = training tokens / throughput + a fixed overhead (model
 download, evaluation); cost = hours x $/h on demand and on spot, from ``prices.json``.
 """
 
@@ -40,10 +42,12 @@ from launcher.memory import (
     CUDA_CONTEXT_BYTES,
     GIB,
     MemoryEstimate,
+    Parallelism,
     ModelShape,
     Policy,
     choose_checkpointing,
     estimate_memory,
+    parallelism,
     qlora_memory_target,
     runtime_policy,
 )
@@ -297,6 +301,7 @@ class Candidate:
     spot_per_hour: float | None
     spot_allowed: bool
     requested: bool = False
+    strategy: str = "single"  # 'single' (one GPU), 'ddp' (a replica per GPU) or 'fsdp' (sharded weights)
     tokens_per_s: float | None = None  # all GPUs together
     throughput_source: str = ""
     training_tokens: int | None = None
@@ -357,7 +362,7 @@ def plan(spec: JobSpec, *, dataset_tokens: int | None = None) -> Plan:
     mean_example = dataset.tokens / dataset.examples if dataset.tokens and dataset.examples else None
     candidates = []
     for entry in instance_types():
-        row = _candidate(entry, spec, memory)
+        row = _candidate(entry, spec, memory, shape, config)
         world = row.gpus * row.nodes
         speed = throughput(row.gpu, spec.method, shape, config.max_seq_len, row.gradient_checkpointing)
         if speed is not None:
@@ -384,21 +389,28 @@ def plan(spec: JobSpec, *, dataset_tokens: int | None = None) -> Plan:
     )
 
 
-def _candidate(entry: dict[str, Any], spec: JobSpec, memory: MemoryEstimate) -> Candidate:
+def _fit(memory: MemoryEstimate, shape: ModelShape, config: TrainConfig, kind: str, gpus: int) -> Parallelism:
+    """How the job runs on ``gpus`` GPUs of ``kind``, as the entrypoint decides it."""
+    return parallelism(memory, shape, usable_bytes(kind), gpus, config.gradient_checkpointing, config.distributed)
+
+
+def _candidate(entry: dict[str, Any], spec: JobSpec, memory: MemoryEstimate, shape: ModelShape, config: TrainConfig) -> Candidate:
     compute = spec.compute
-    checkpointing, fits = choose_checkpointing(memory, usable_bytes(entry["gpu"]), spec.training.gradient_checkpointing)
-    need, have = memory.total(checkpointing), usable_bytes(entry["gpu"])
+    world = entry["gpus"] * compute.nodes
+    fit = _fit(memory, shape, config, entry["gpu"], world)
+    checkpointing, fits, need, have = fit.checkpointing, fit.fits, fit.bytes_per_gpu, usable_bytes(entry["gpu"])
+    how = {"single": "", "ddp": f", DDP over {world} GPUs", "fsdp": f", FSDP over {world} GPUs"}[fit.strategy]
     if fits:
-        reason = f"{need / GIB:.1f} of {have / GIB:.1f} GiB" + (" with checkpointing" if checkpointing else "")
+        reason = f"{need / GIB:.1f} of {have / GIB:.1f} GiB" + (" with checkpointing" if checkpointing else "") + how
     else:
-        reason = f"needs {need / GIB:.1f} GiB per GPU, {entry['gpu']} has {have / GIB:.1f} GiB"
+        reason = f"needs {need / GIB:.1f} GiB per GPU{how}, {entry['gpu']} has {have / GIB:.1f} GiB"
     if compute.instance_type:
         requested = entry["instance_type"] == compute.instance_type
     else:
         requested = bool(compute.accelerator) and (entry["gpu"], entry["gpus"]) == (compute.accelerator.kind, compute.accelerator.count)
     return Candidate(
         cloud=entry["cloud"], instance_type=entry["instance_type"], gpu=entry["gpu"], gpus=entry["gpus"], nodes=compute.nodes,
-        fits=fits, reason=reason, gradient_checkpointing=checkpointing, memory_needed=need, gpu_memory=have,
+        fits=fits, reason=reason, gradient_checkpointing=checkpointing, memory_needed=need, gpu_memory=have, strategy=fit.strategy,
         on_demand_per_hour=entry["on_demand"], spot_per_hour=entry.get("spot"), spot_allowed=entry.get("spot_allowed", False),
         requested=requested, note=entry.get("note", ""),
     )  # fmt: skip
@@ -408,7 +420,8 @@ def _training_tokens(config: TrainConfig, epoch_tokens: int, mean_example: float
     tokens = epoch_tokens * config.epochs
     if config.max_steps:
         per_row = config.max_seq_len if config.packing or mean_example is None else mean_example
-        tokens = min(tokens, int(config.max_steps * config.micro_batch_size * config.gradient_accumulation_steps * world * per_row))
+        # A step is micro_batch_size x gradient_accumulation_steps rows however many GPUs share it.
+        tokens = min(tokens, int(config.max_steps * config.micro_batch_size * config.gradient_accumulation_steps * per_row))
     return tokens
 
 
@@ -436,8 +449,17 @@ def _notes(spec: JobSpec, shape: ModelShape, candidates: list[Candidate], policy
     if spec.training.use_dora:
         notes.append("DoRA's extra activation memory (it materialises each adapted weight's norm) is not modelled")
     if any(c.gpus * c.nodes > 1 for c in candidates):
-        notes.append("multi-GPU rows assume data parallelism (DDP): every GPU holds the whole model, so memory per GPU does not shrink. "
-                     "The training entrypoint runs on one GPU today; those rows show what data parallelism would give")
+        notes.append("multi-GPU rows run one process per GPU (torchrun): DDP where the job fits one GPU (memory per GPU does not "
+                     "shrink), FSDP2 where only sharding the weights makes it fit; FSDP's communication is not in the time estimate")
+    single = [c for c in candidates if c.gpus * c.nodes == 1]
+    if single and not any(c.fits for c in single):
+        sharded = [c for c in candidates if c.fits and c.strategy == "fsdp"]
+        if sharded:
+            best = min(sharded, key=lambda c: c.on_demand_cost if c.on_demand_cost is not None else c.on_demand_per_hour)
+            cost = f", about {best.on_demand_cost:,.0f} {catalog.load('prices')['currency']} on demand" if best.on_demand_cost else ""
+            notes.append(f"one GPU is not enough for this job: {best.cloud} {best.instance_type} ({best.gpus}x {best.gpu}) fits it "
+                         f"with FSDP ({best.memory_needed / GIB:.1f} GiB per GPU){cost}. To use it: compute.accelerator "
+                         f"{best.gpu}:{best.gpus}")
     cap = spec.training.max_memory_gib
     if cap is not None and policy.fast:
         least = estimate_memory(shape, policy.must_fit.model_copy(update={"gradient_checkpointing": "on"}))
@@ -474,10 +496,12 @@ def check_fits(spec: JobSpec) -> MemoryEstimate | None:
         return None
     config = runtime_policy(spec.train_config(), "cuda").must_fit
     memory = estimate_memory(shape, config)
-    checkpointing, fits = choose_checkpointing(memory, usable_bytes(kind), config.gradient_checkpointing)
-    if fits:
+    gpus = (compute.accelerator.count if compute.accelerator else next(
+        e["gpus"] for e in instance_types() if e["instance_type"] == compute.instance_type)) * compute.nodes
+    fit = _fit(memory, shape, config, kind, gpus)
+    if fit.fits:
         return memory
-    need, have = memory.total(checkpointing), usable_bytes(kind)
+    need, have = fit.bytes_per_gpu, usable_bytes(kind)
     if config.micro_batch_size != spec.training.micro_batch_size:  # what is planned is what the fast path runs
         batch = (f"one max_seq_len {config.max_seq_len} example per micro-batch: the GPU fast path sizes its micro-batches "
                  f"itself, micro_batch_size {spec.training.micro_batch_size} only counts the rows of a step")

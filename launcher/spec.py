@@ -97,6 +97,9 @@ class Hyperparameters(StrictModel):
     # context comes on top). Within it, as few layers are checkpointed as fit. None = LoRA uses the GPU;
     # QLoRA what the standard path would take (micro_batch_size rows of max_seq_len, checkpointed).
     max_memory_gib: Annotated[float, Field(gt=0)] | None = None
+    # Several processes (torchrun): "ddp" = a whole replica per GPU, "fsdp" = FSDP2, the frozen weights
+    # sharded per decoder layer; auto = DDP when the job fits one GPU (launcher.memory.parallelism).
+    distributed: Literal["auto", "ddp", "fsdp"] = "auto"
 
     @field_validator("gradient_checkpointing", "fast_path", "fp8", "torch_compile", mode="before")
     @classmethod
@@ -153,7 +156,7 @@ class Hyperparameters(StrictModel):
     RUN_ONLY: ClassVar[frozenset[str]] = frozenset({
         "eval_samples", "review_samples", "max_new_tokens", "forgetting_threshold_pct", "merge", "checkpoint_every",
         "keep_checkpoints", "logging_steps", "gradient_checkpointing", "fast_path", "attention", "micro_batch_tokens",
-        "kernels", "torch_compile", "max_memory_gib",
+        "kernels", "torch_compile", "max_memory_gib", "distributed",
     })
 
 
@@ -380,8 +383,6 @@ class JobSpec(StrictModel):
         _check_method(self.method, self.training)
         if self.training.general_mix > 0 and not self.data.general_eval:
             raise ValueError("training.general_mix > 0 needs general text to draw from. To fix: add data.general_eval, or set general_mix: 0")
-        if self.compute.nodes > 1:
-            raise ValueError(f"compute.nodes = {self.compute.nodes}: the training entrypoint runs on one node for now. To fix: compute.nodes: 1")
         return self
 
     @field_validator("name")

@@ -14,8 +14,8 @@ def save(directory, step, keep=5):
     weight = torch.nn.Parameter(torch.ones(3))
     optimizer = torch.optim.AdamW([weight])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    return checkpoint.save(directory, step, adapter={"w": weight}, optimizer=optimizer, scheduler=scheduler,
-                           position={"step": step}, keep=keep)
+    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": [checkpoint.rng_state()]}
+    return checkpoint.save(directory, step, adapter={"w": weight}, state=state, position={"step": step}, keep=keep)
 
 
 def test_the_marker_lists_every_file_and_is_written_last(tmp_path):

@@ -96,7 +96,20 @@ def test_remote_data_on_the_local_backend(tmp_path):
 
 def test_multi_node_on_the_local_backend(tmp_path, data_file):
     spec = write_spec(tmp_path, f"name: a\ndata: {{train: {data_file}}}\ncompute: {{nodes: 2}}\n")
-    assert_bad_input(invoke("train", str(spec)), "compute.nodes = 2: the training entrypoint runs on one node", "To fix: compute.nodes: 1")
+    assert_bad_input(invoke("train", str(spec)), "the 'local' backend does not support multi-node training", "To fix: set compute.nodes to 1")
+
+
+def test_gpus_beyond_what_this_machine_has_or_a_step_they_cannot_split_are_refused(tmp_path, data_file, monkeypatch):
+    spec = write_spec(tmp_path, f"name: a\ndata: {{train: {data_file}}}\n")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # whatever this machine has, its processes see no GPU
+    assert_bad_input(invoke("train", str(spec), "--gpus", "2"), "--gpus 2: this machine has no visible GPU", "To fix: drop --gpus")
+    assert_bad_input(invoke("train", str(spec), "--gpus", "2", "--backend", "sagemaker", "--dry-run"),
+                     "--gpus applies to the local backend", "To fix: set compute.accelerator")
+    from launcher.backends import local
+
+    monkeypatch.setattr(local, "visible_gpus", lambda: 8)  # an 8-GPU machine
+    assert_bad_input(invoke("train", str(spec), "--gpus", "3"), "16 rows cannot be split evenly over 3 processes")
+
 
 
 def test_a_job_that_does_not_fit_the_gpu(tmp_path, data_file):

@@ -327,11 +327,12 @@ def test_import_plan_stays_light():
 
 
 def test_max_steps_caps_the_training_tokens(tmp_path):
-    # 10 steps x micro-batch 4 x accumulation 4 x GPUs x 1,024-token packed rows, below 3 epochs x 1,000,000
+    # 10 steps x micro-batch 4 x accumulation 4 x 1,024-token packed rows, below 3 epochs x 1,000,000: a step is
+    # the same rows on any number of GPUs (they share it), so eight GPUs train the same tokens, sooner.
     spec = make_spec(tmp_path, training={"max_steps": 10, "micro_batch_size": 4, "gradient_accumulation_steps": 4, "max_seq_len": 1024})
     rows = {c.instance_type: c for c in plan(spec, dataset_tokens=1_000_000).candidates}
     assert rows["ml.p5.4xlarge"].training_tokens == 10 * 4 * 4 * 1 * 1024 == 163_840
-    assert rows["ml.p5.48xlarge"].training_tokens == 10 * 4 * 4 * 8 * 1024
+    assert rows["ml.p5.48xlarge"].training_tokens == 163_840 and rows["ml.p5.48xlarge"].hours < rows["ml.p5.4xlarge"].hours
 
 
 def test_fast_path_needs_only_one_example_to_fit(tmp_path):
@@ -345,3 +346,19 @@ def test_fast_path_needs_only_one_example_to_fit(tmp_path):
     qlora = plan(make_spec(tmp_path, method="qlora", training={"fast_path": "auto"}), dataset_tokens=1_000_000)
     rows = {c.gpu: c for c in qlora.candidates}
     assert not rows["H100"].gradient_checkpointing and rows["H100"].throughput_source.startswith("scaled from H200")
+
+
+def test_a_model_no_gpu_holds_is_planned_sharded_over_a_multi_gpu_instance(tmp_path):
+    """Llama-3-70B in bf16 (141 GB of weights) fits no single GPU; FSDP over eight H100s holds it, and plan
+    proposes and prices that, while DDP's replica per GPU would not fit."""
+    spec = make_spec(tmp_path, base_model="meta-llama/Meta-Llama-3-70B", compute={"accelerator": "H100:8"})
+    result = plan(spec, dataset_tokens=2_000_000)
+    rows = {(c.cloud, c.instance_type): c for c in result.candidates}
+    eight = rows[("sagemaker", "ml.p5.48xlarge")]
+    assert eight.fits and eight.strategy == "fsdp" and "FSDP over 8 GPUs" in eight.reason and eight.on_demand_cost > 0
+    assert eight.memory_needed < result.memory.total(True)  # the sharded weights, not the whole model, per GPU
+    assert not rows[("sagemaker", "ml.p5.4xlarge")].fits  # one H100
+    assert any(n.startswith("one GPU is not enough for this job:") and "with FSDP" in n for n in result.notes)
+    check_fits(spec)  # the requested 8 x H100 is fine
+    with pytest.raises(SpecError, match="needs .* GiB per GPU but an H100"):
+        check_fits(make_spec(tmp_path, base_model="meta-llama/Meta-Llama-3-70B", compute={"accelerator": "H100:1"}))

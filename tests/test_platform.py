@@ -32,7 +32,7 @@ def test_sagemaker_layout_env_and_string_hyperparameters(tmp_path):
     assert plat.model_dir == tmp_path / "model"
     assert plat.channels == {"train": tmp_path / "train", "general_eval": tmp_path / "general"}
     assert plat.checkpoint_dir == root / "checkpoints" and plat.failure_file == root / "output/failure"
-    assert plat.world.world_size == 1 and plat.world.rank == 0
+    assert plat.world.nodes == 1 and plat.world.node_rank == 0
     config = TrainConfig.from_mapping(plat.hyperparameters)
     assert (config.lora_r, config.learning_rate, config.packing, config.target_modules) == (8, 1e-4, False, ["q_proj", "v_proj"])
 
@@ -63,7 +63,7 @@ def test_vertex_env_gcs_mount_and_cluster_spec(tmp_path):
     assert plat.checkpoint_dir == mount / "bucket/jobs/j1/checkpoints"
     assert plat.channels == {"train": mount / "bucket/data/train-*.jsonl", "eval": mount / "bucket/data/eval.jsonl",
                              "general_eval": mount / "bucket/data/general"}
-    assert plat.world.world_size == 3 and plat.world.rank == 2 and plat.world.master_addr == "host-a"
+    assert plat.world.nodes == 3 and plat.world.node_rank == 2 and plat.world.master_addr == "host-a"
     assert TrainConfig.from_mapping(plat.hyperparameters).learning_rate == 0.001
 
 
@@ -120,7 +120,7 @@ def test_sagemaker_hyperparameters_as_the_platform_writes_them(tmp_path):
     plat = platform.detect([], {"SM_ROOT": str(root), "TRAINING_JOB_NAME": "j"})
     config = TrainConfig.from_mapping(plat.hyperparameters)
     assert (config.lr_scheduler, config.epochs, config.packing, config.use_rslora, config.learning_rate) == ("linear", 2, False, True, 3e-4)
-    assert plat.world.hosts == ("algo-1", "algo-2") and plat.world.rank == 1 and plat.world.world_size == 2
+    assert plat.world.hosts == ("algo-1", "algo-2") and plat.world.node_rank == 1 and plat.world.nodes == 2
     # A genuinely unknown launcher key is still an error with a hint.
     with pytest.raises(SpecError, match="unknown key 'lora_rank'. Did you mean 'lora_r'"):
         TrainConfig.from_mapping({**plat.hyperparameters, "lora_rank": '"8"'})
@@ -139,3 +139,42 @@ def test_the_training_toolkits_arguments_do_not_override_what_sagemaker_wrote(tm
     assert (config.target_modules, config.packing, config.lora_r) == (["q_proj", "v_proj"], False, 8)
     assert TrainConfig.from_mapping({"target_modules": "['q_proj', 'v_proj']"}).target_modules == ["q_proj", "v_proj"]
     assert plat.checkpoint_dir == root / "checkpoints"  # SAGEMAKER_BASE_DIR stands in for /opt/ml
+
+
+# --- several processes: each platform's environment -> torchrun's arguments ---------------------------
+def test_a_sagemaker_instance_with_several_gpus_runs_torchrun_standalone_on_all_of_them(tmp_path):
+    env = {"SM_MODEL_DIR": str(tmp_path / "model"), "SM_ROOT": str(tmp_path), "SM_HOSTS": '["algo-1"]', "SM_CURRENT_HOST": "algo-1",
+           "SM_NUM_GPUS": "8"}
+    world = platform.detect([], env).world
+    assert world.torchrun_args(world.procs_per_node) == ["--standalone", "--nproc-per-node=8"]
+    # The launcher asks for fewer processes than the instance has GPUs (compute.accelerator H100:4 on an 8-GPU type).
+    world = platform.detect([], {**env, "LAUNCHER_NPROC_PER_NODE": "4"}).world
+    assert world.procs_per_node == 4
+
+
+def test_sagemaker_instances_rendezvous_at_the_first_host(tmp_path):
+    env = {"SM_MODEL_DIR": str(tmp_path / "model"), "SM_ROOT": str(tmp_path), "SM_HOSTS": '["algo-1", "algo-2", "algo-3"]',
+           "SM_CURRENT_HOST": "algo-2", "SM_NUM_GPUS": "4"}
+    world = platform.detect([], env).world
+    assert world.torchrun_args(world.procs_per_node) == [
+        "--nnodes=3", "--node-rank=1", "--nproc-per-node=4", "--master-addr=algo-1", "--master-port=29500"]
+    # A custom image without the training toolkit: resourceconfig.json names the hosts instead.
+    (tmp_path / "input/config").mkdir(parents=True)
+    (tmp_path / "input/config/resourceconfig.json").write_text(json.dumps({"current_host": "algo-3", "hosts": ["algo-1", "algo-2", "algo-3"]}))
+    world = platform.detect([], {k: v for k, v in env.items() if k not in ("SM_HOSTS", "SM_CURRENT_HOST")}).world
+    assert world.torchrun_args(4)[:2] == ["--nnodes=3", "--node-rank=2"]
+
+
+@pytest.mark.parametrize(("task", "node_rank"), [({"type": "workerpool0", "index": 0}, 0), ({"type": "workerpool1", "index": 1}, 2)],
+                         ids=["chief", "worker"])
+def test_vertex_chief_and_workers_take_their_node_rank_from_cluster_spec(tmp_path, task, node_rank):
+    env = {"AIP_MODEL_DIR": "gs://b/model/", "LAUNCHER_GCS_MOUNT": str(tmp_path), "LAUNCHER_NPROC_PER_NODE": "8",
+           "CLUSTER_SPEC": json.dumps({"cluster": {"workerpool0": ["cmle-chief-0:2222"], "workerpool1": ["w-0:2222", "w-1:2222"]},
+                                       "task": task}),
+           "MASTER_ADDR": "cmle-chief-0", "MASTER_PORT": "23456", "WORLD_SIZE": "3", "RANK": str(node_rank)}
+    world = platform.detect([], env).world
+    assert world.torchrun_args(world.procs_per_node) == [
+        "--nnodes=3", f"--node-rank={node_rank}", "--nproc-per-node=8", "--master-addr=cmle-chief-0", "--master-port=23456"]
+    # Without MASTER_ADDR/MASTER_PORT (a custom image), the chief's address in CLUSTER_SPEC.
+    env = {k: v for k, v in env.items() if not k.startswith("MASTER_")}
+    assert platform.detect([], env).world.torchrun_args(8)[-2:] == ["--master-addr=cmle-chief-0", "--master-port=2222"]

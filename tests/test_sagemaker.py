@@ -315,3 +315,23 @@ def test_the_job_reads_the_hub_token_from_the_secret_its_environment_names(aws, 
 
     with pytest.raises((NotFoundError, BackendError), match="To fix"):
         models.hub_token(TrainConfig())
+
+
+def test_a_multi_instance_multi_gpu_job_asks_for_every_instance_and_runs_torchrun_on_each(aws):
+    spec = json.loads(aws.read_text())
+    spec["compute"] = {"accelerator": "H100:8", "nodes": 2, "max_runtime": "2h"}
+    spec["training"]["gradient_accumulation_steps"] = 4  # 4 rows a micro-batch x 4 = 16 rows a step, over 16 GPUs
+    aws.write_text(json.dumps(spec))
+    request, backend, _ = api.request(aws, backend="sagemaker")
+    described = backend.describe(request)
+    body = described["CreateTrainingJob"]
+    assert body["ResourceConfig"]["InstanceType"] == "ml.p5.48xlarge" and body["ResourceConfig"]["InstanceCount"] == 2
+    assert body["Environment"]["LAUNCHER_NPROC_PER_NODE"] == "8"
+    assert described["torchrun (per instance)"]["command"] == (
+        "python -m torch.distributed.run --nnodes=2 --node-rank=0 --nproc-per-node=8 --master-addr=algo-1 --master-port=29500 "
+        "--module entrypoints.train ...")
+    # 16 GPUs cannot split a step of 4 x 2 rows: refused before anything is staged.
+    spec["training"]["gradient_accumulation_steps"] = 2
+    aws.write_text(json.dumps(spec))
+    with pytest.raises(SpecError, match="8 rows cannot be split evenly over 16 processes. To fix: gradient_accumulation_steps: 4"):
+        api.request(aws, backend="sagemaker")

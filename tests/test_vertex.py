@@ -186,3 +186,18 @@ def test_vertex_errors_are_one_line_naming_the_quota_permission_or_spec_key(erro
     text = str(caught.value)
     assert shown in text and "\n" not in text
     assert isinstance(caught.value, SpecError if error == "InvalidArgument" else (BackendError if error != "NotFound" else LauncherError))
+
+
+def test_several_nodes_are_a_chief_pool_and_a_worker_pool_running_torchrun(vertex_env, spec_file):
+    # 24 GPUs: a step of 4 rows x 6 micro-batches splits evenly over them.
+    described = dry_run(spec_file(compute={"accelerator": "H100:8", "nodes": 3}, training={"gradient_accumulation_steps": 6}))
+    chief, workers = described["CreateCustomJob"]["custom_job"]["job_spec"]["worker_pool_specs"]
+    assert (chief["replica_count"], workers["replica_count"]) == ("1", "2")
+    for pool in (chief, workers):
+        assert pool["machine_spec"] == {"machine_type": "a3-highgpu-8g", "accelerator_type": "NVIDIA_H100_80GB", "accelerator_count": 8}
+        assert {e["name"]: e["value"] for e in pool["python_package_spec"]["env"]}["LAUNCHER_NPROC_PER_NODE"] == "8"
+    assert chief["python_package_spec"] == workers["python_package_spec"]
+    torchrun = described["torchrun (per node)"]
+    assert torchrun["processes"] == 24 and torchrun["command"] == (
+        "python -m torch.distributed.run --nnodes=3 --node-rank=0 --nproc-per-node=8 --master-addr=$MASTER_ADDR "
+        "--master-port=$MASTER_PORT --module entrypoints.train ...")

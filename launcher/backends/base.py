@@ -191,6 +191,20 @@ class LaunchRequest:
     attempt: int = 1
     identity: dict[str, Any] = field(default_factory=dict)  # what the job id hashes
 
+    def torchrun(self, hosts: list[str], master_addr: str | None = None, master_port: int | str = 29500) -> dict[str, Any]:
+        """What the entrypoint runs on each node when the job has several processes (``--dry-run``
+        shows it): torchrun's arguments as ``entrypoints.platform.World`` derives them on the first node
+        (the others differ in ``--node-rank``), or None for one process."""
+        from entrypoints.platform import World
+
+        if self.compute.nodes * self.processes_per_host == 1:
+            return {"processes": 1, "command": None}
+        world = World(node_rank=0, nodes=self.compute.nodes, hosts=tuple(hosts), master_addr=master_addr or hosts[0],
+                      master_port=master_port)  # type: ignore[arg-type]  (a placeholder such as $MASTER_PORT for display)
+        command = ["python", "-m", "torch.distributed.run", *world.torchrun_args(self.processes_per_host), "--module", "entrypoints.train"]
+        return {"processes": self.compute.nodes * self.processes_per_host, "processes_per_node": self.processes_per_host,
+                "command": " ".join(command) + " ...", "node_rank": "this node's place among the job's nodes (0 on the first)"}
+
     def staged_channels(self, scheme: str, data_uri: str) -> dict[str, str]:
         """channel -> the URI a cloud job reads it from: data already in the cloud's store (``scheme``,
         ``s3://`` or ``gs://``) where it is, a local dataset under ``data_uri/<content digest>/<channel>/``
@@ -251,6 +265,9 @@ class Backend(ABC):
         if spec.compute.accelerator is not None:
             self.require(Feature.GPU)
         return []
+
+    def check_gpus(self, gpus: int) -> None:
+        """``--gpus``: only the local backend takes it (``api.request`` refuses it elsewhere)."""
 
     def configured(self) -> bool:
         """Whether this machine is set up to reach the backend (cheap, no network): ``attach`` asks only

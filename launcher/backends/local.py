@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from launcher.backends._local_serving import LocalServing
 from launcher.backends.base import Backend, Feature, JobExists, JobInfo, JobRef, JobState, LaunchRequest
-from launcher.errors import BackendError, NotFoundError, UnsupportedError
+from launcher.errors import BackendError, NotFoundError, UnsupportedError, UserInputError
 from launcher.state import file_lock, home, read_json, write_json
 
 if TYPE_CHECKING:
@@ -107,6 +107,13 @@ class LocalBackend(LocalServing, Backend):
             warnings.append("compute.spot applies to SageMaker and Vertex AI; the local backend ignores it")
         return warnings
 
+    def check_gpus(self, gpus: int) -> None:
+        """``--gpus N``: N processes, one per GPU of this machine; more than it has is refused."""
+        visible = visible_gpus()
+        if gpus < 1 or gpus > visible:
+            raise UserInputError(f"--gpus {gpus}: this machine has {visible} visible GPU(s). To fix: --gpus 1 to {visible}"
+                                 if visible else f"--gpus {gpus}: this machine has no visible GPU. To fix: drop --gpus")
+
     def _stage(self, request: LaunchRequest, folder: Path) -> None:
         """Copy the data files into ``input/data/<channel>/`` and write the settings as the entrypoint
         reads them; the new ``input/`` replaces the old one in one rename."""
@@ -136,6 +143,7 @@ class LocalBackend(LocalServing, Backend):
         folder = self.job_dir(request.job_id)
         return {**request.to_dict(), "job_dir": str(folder),
                 "command": [sys.executable, "-m", self.entrypoint, "--root", str(folder)],
+                "torchrun": request.torchrun(["127.0.0.1"]),
                 "hyperparameters.json": request.config.to_hyperparameters()}
 
     def find(self, job_id: str) -> JobRef | None:
@@ -162,10 +170,14 @@ class LocalBackend(LocalServing, Backend):
                     if first:  # leave no half-made job behind
                         shutil.rmtree(folder, ignore_errors=True)
                     raise
+                if not first:  # a resubmission may ask for another number of GPUs: checkpoints resume on any
+                    job = read_json(folder / "job.json")
+                    write_json(folder / "job.json", {**job, "processes": request.processes_per_host})
                 if first:
                     write_json(folder / "job.json", {
                         "job_id": job_id, "name": request.name, "run_name": request.run_name, "created_at": now(),
                         "created_ts": time.time(), "device": request.device, "request": request.to_dict(),
+                        "processes": request.processes_per_host,
                         "command": [sys.executable, "-m", self.entrypoint, "--root", str(folder)],
                     })
                 with contextlib.suppress(FileNotFoundError):
@@ -178,7 +190,8 @@ class LocalBackend(LocalServing, Backend):
     def _start(self, folder: Path, lock_fd: int, attempt: int) -> None:
         """Start the runner detached (new session, double fork); it inherits the run lock."""
         job = _read_json(folder / "job.json")
-        env = dict(os.environ, LAUNCHER_DEVICE=job["device"], PYTHONUNBUFFERED="1")
+        # Several processes: the entrypoint starts torchrun for them (--standalone, one node).
+        env = dict(os.environ, LAUNCHER_DEVICE=job["device"], PYTHONUNBUFFERED="1", LAUNCHER_NPROC_PER_NODE=str(job.get("processes", 1)))
         write_json(folder / "state.json", {"state": "PENDING", "attempt": attempt, "updated_at": now()})
         with open(folder / "logs.txt", "ab") as log:
             runner = subprocess.Popen(
@@ -328,6 +341,16 @@ _read_json = read_json
 def _has_cuda_gpu() -> bool:
     """Whether this machine has an NVIDIA GPU, without importing torch (which takes seconds)."""
     return any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+def visible_gpus() -> int:
+    """The NVIDIA GPUs this machine's processes see (its device files, narrowed by CUDA_VISIBLE_DEVICES),
+    without importing torch."""
+    count = sum(1 for p in Path("/dev").glob("nvidia*") if p.name.removeprefix("nvidia").isdigit())
+    chosen = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if chosen is not None:
+        count = min(count, len([d for d in chosen.split(",") if d.strip() and d.strip() != "-1"]))
+    return count
 
 
 def _newest_checkpoint(directory: Path) -> int | None:

@@ -143,8 +143,11 @@ class SageMakerBackend(SageMakerServing, Backend):
             _require_image_resolver()
         accelerator = spec.compute.accelerator
         if accelerator is not None and gpus > accelerator.count:
-            warnings.append(f"{instance} has {gpus} GPUs and the spec asks for {accelerator.count}; the others stay idle "
-                            "(multi-GPU training arrives with the distributed work)")
+            warnings.append(f"{instance} has {gpus} GPUs and the spec asks for {accelerator.count}; training uses "
+                            f"{accelerator.count} of them")
+        from launcher.memory import check_world
+
+        check_world(spec.train_config(), spec.compute.nodes * (accelerator.count if accelerator else max(1, gpus)))
         return warnings
 
     # --- the request -----------------------------------------------------------------------------------
@@ -163,7 +166,10 @@ class SageMakerBackend(SageMakerServing, Backend):
             hyperparameters |= {"sagemaker_program": "launcher_train.py", "sagemaker_submit_directory": bundle_uri,
                                 "sagemaker_region": place.region, "sagemaker_container_log_level": "20"}
             image = script_image(options) or resolve_image(place.region, instance, options)
-        environment = {"HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"}
+        # The processes per instance (one per GPU asked for); the entrypoint starts torchrun with them,
+        # its nodes and rendezvous from SM_HOSTS / SM_CURRENT_HOST (entrypoints.platform).
+        environment = {"HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false",
+                       "LAUNCHER_NPROC_PER_NODE": str(request.processes_per_host)}
         if options.get("hf_token_secret"):
             environment["LAUNCHER_HF_TOKEN_SECRET"] = options["hf_token_secret"]
         stopping = {"MaxRuntimeInSeconds": compute.max_runtime}
@@ -205,7 +211,9 @@ class SageMakerBackend(SageMakerServing, Backend):
         code = None if request.image else place.uri("bundles", bundle.build().name)
         staged = self._staged(request, place)
         uploads = {channel: request.channels[channel] for channel in staged if not request.channels[channel].startswith("s3://")}
-        return {"CreateTrainingJob": self.body(request, place, staged, code), "uploads (unless already there)": {
+        hosts = [f"algo-{n}" for n in range(1, request.compute.nodes + 1)]  # SageMaker's names for the job's instances
+        return {"CreateTrainingJob": self.body(request, place, staged, code), "torchrun (per instance)": request.torchrun(hosts),
+                "uploads (unless already there)": {
             **{f"data.{c}": f"{src} -> {staged[c]}" for c, src in uploads.items()}, **({"code": code} if code else {})}}
 
     # --- training --------------------------------------------------------------------------------------

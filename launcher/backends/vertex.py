@@ -146,7 +146,10 @@ class VertexBackend(VertexServing, Backend):
         accelerator = spec.compute.accelerator
         if accelerator is not None and machine["gpus"] > accelerator.count:
             warnings.append(f"{machine['machine_type']} has {machine['gpus']} GPUs and the spec asks for {accelerator.count}; "
-                            "the others stay idle (multi-GPU training arrives with the distributed work)")
+                            f"training uses {accelerator.count} of them")
+        from launcher.memory import check_world
+
+        check_world(spec.train_config(), spec.compute.nodes * (accelerator.count if accelerator else max(1, machine["gpus"])))
         if machine.get("note") and not spec.compute.spot:
             warnings.append(f"{machine['machine_type']}: {machine['note']}")
         return warnings
@@ -163,7 +166,10 @@ class VertexBackend(VertexServing, Backend):
         options = request.backend_options
         compute = request.compute
         machine = machine_spec(compute)
-        env = {"HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"}
+        # One process per GPU asked for; the entrypoint starts torchrun with them, the nodes and the
+        # rendezvous from CLUSTER_SPEC and MASTER_ADDR / MASTER_PORT (entrypoints.platform).
+        env = {"HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false",
+               "LAUNCHER_NPROC_PER_NODE": str(request.processes_per_host)}
         env |= {f"LAUNCHER_CHANNEL_{channel.upper()}": uri for channel, uri in sorted(staged.items())}
         if options.get("hf_token_secret"):
             env["LAUNCHER_HF_TOKEN_SECRET"] = options["hf_token_secret"]
@@ -172,7 +178,7 @@ class VertexBackend(VertexServing, Backend):
         pool = v1.WorkerPoolSpec(
             machine_spec=v1.MachineSpec(machine_type=machine["machine_type"], accelerator_type=machine["accelerator_type"],
                                         accelerator_count=machine["gpus"]),
-            replica_count=compute.nodes,
+            replica_count=1,  # worker pool 0 is the chief: one replica, node 0 of the job
             disk_spec=v1.DiskSpec(boot_disk_type="pd-ssd", boot_disk_size_gb=int(options.get("boot_disk_gb") or 100)),
         )
         if bundle_uri is not None:
@@ -180,11 +186,16 @@ class VertexBackend(VertexServing, Backend):
                 executor_image_uri=executor_image(options), package_uris=[bundle_uri], python_module=MODULE, args=args, env=env_vars)
         else:
             pool.container_spec = v1.ContainerSpec(image_uri=request.image, args=args, env=env_vars)
+        pools = [pool]
+        if compute.nodes > 1:  # worker pool 1: the other nodes, the same machine and program
+            workers = v1.WorkerPoolSpec(pool)
+            workers.replica_count = compute.nodes - 1
+            pools.append(workers)
         scheduling = v1.Scheduling(timeout=duration_pb2.Duration(seconds=compute.max_runtime), restart_job_on_worker_restart=True,
                                    strategy=v1.Scheduling.Strategy.SPOT if compute.spot else v1.Scheduling.Strategy.ON_DEMAND)
         if compute.spot and options.get("max_wait"):
             scheduling.max_wait_duration = duration_pb2.Duration(seconds=int(options["max_wait"]))
-        spec = v1.CustomJobSpec(worker_pool_specs=[pool], scheduling=scheduling,
+        spec = v1.CustomJobSpec(worker_pool_specs=pools, scheduling=scheduling,
                                 base_output_directory=v1.GcsDestination(output_uri_prefix=request.output_uri or place.uri("jobs", request.job_id) + "/"))
         if service_account(options):
             spec.service_account = service_account(options)
@@ -205,8 +216,10 @@ class VertexBackend(VertexServing, Backend):
         staged = self._staged(request, place)
         job = self.body(request, place, staged, code)
         uploads = {c: request.channels[c] for c in staged if not request.channels[c].startswith("gs://")}
+        hosts = ["workerpool0-0"] + [f"workerpool1-{n}" for n in range(request.compute.nodes - 1)]  # CLUSTER_SPEC's pools
         return {"CreateCustomJob": {"parent": place.parent, "custom_job": v1.CustomJob.to_dict(
-            job, use_integers_for_enums=False, always_print_fields_with_no_presence=False)}, "uploads (unless already there)": {
+            job, use_integers_for_enums=False, always_print_fields_with_no_presence=False)},
+            "torchrun (per node)": request.torchrun(hosts, "$MASTER_ADDR", "$MASTER_PORT"), "uploads (unless already there)": {
             **{f"data.{c}": f"{src} -> {staged[c]}" for c, src in uploads.items()}, **({"code": code} if code else {})}}
 
     # --- training --------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ def train(
     new_run: bool = typer.Option(False, "--new-run", help="Start a fresh job (a run name from the current time)."),
     detach: bool = typer.Option(False, "--detach", "-d", help="Return once the job is submitted; do not stream its logs."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check the spec and print the job id and the launch request; stage and launch nothing."),
+    gpus: int = typer.Option(None, "--gpus", min=1, help="Local backend: train on N GPUs of this machine (torchrun, one process per GPU)."),
     as_json: bool = json_option(),
 ) -> None:
     """Validate the data, stage it and start the job, or re-attach to the job this spec already started."""
@@ -53,7 +54,7 @@ def train(
     from launcher.errors import JobFailedError
 
     if dry_run:
-        built, runner, warnings = request(spec_path, backend=backend, run_name=run_name, new_run=new_run)
+        built, runner, warnings = request(spec_path, backend=backend, run_name=run_name, new_run=new_run, gpus=gpus)
         for warning in warnings:
             say(f"Warning: {warning}", as_json)
         described = {"job_id": built.job_id, "backend": runner.name, "request": runner.describe(built)}
@@ -61,7 +62,7 @@ def train(
             say(f"Job {built.job_id} on the {runner.name} backend (dry run: nothing staged or launched). It would send:", as_json)
         print_json(described if as_json else described["request"])
         return
-    handle = launch(spec_path, backend=backend, run_name=run_name, new_run=new_run)
+    handle = launch(spec_path, backend=backend, run_name=run_name, new_run=new_run, gpus=gpus)
     for warning in handle.warnings:
         say(f"Warning: {warning}", as_json)
     info = handle.status()

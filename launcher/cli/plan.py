@@ -94,7 +94,7 @@ def _print(spec, result) -> None:  # noqa: ANN001 - JobSpec, Plan (imported lazi
 
     rows = Table(title="Instance types (cheapest first; > marks the requested one)", title_justify="left")
     for name, justify in [("", "left"), ("cloud", "left"), ("type", "left"), ("GPUs", "left"), ("fits", "left"),
-                          ("GiB needed / per GPU", "right"), ("ckpt", "left"), ("tok/s", "right"), ("hours", "right"),
+                          ("GiB needed / per GPU", "right"), ("ckpt", "left"), ("parallel", "left"), ("tok/s", "right"), ("hours", "right"),
                           ("on demand", "right"), ("spot", "right")]:  # fmt: skip
         rows.add_column(name, justify=justify)
     for row in result.candidates:
@@ -109,6 +109,7 @@ def _print(spec, result) -> None:  # noqa: ANN001 - JobSpec, Plan (imported lazi
             "yes" if row.fits else "NO",
             f"{_gib(row.memory_needed)} / {_gib(row.gpu_memory)}",
             "on" if row.gradient_checkpointing else "off",
+            {"single": "-", "ddp": "DDP", "fsdp": "FSDP"}[row.strategy],
             f"{row.tokens_per_s:,.0f}" if row.tokens_per_s and shown else "-",
             f"{row.hours:.2f}" if row.hours is not None and shown else "-",
             _money(row.on_demand_cost) if shown else "-",
