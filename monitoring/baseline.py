@@ -36,6 +36,7 @@ class Baseline:
     descriptors: dict[str, list[float]]
     hallucination_rate: float
     unsupported_per_record: float
+    unsupported_share: float = 0.0
     pairs: list[tuple[str, str]] = field(default_factory=list)
     source: str = ""
     latency_ms: dict[str, float] | None = None
@@ -45,7 +46,7 @@ class Baseline:
     def to_json(self) -> dict[str, Any]:
         return {"version": VERSION, "source": self.source, "records": self.records, "descriptors": self.descriptors,
                 "hallucination_rate": self.hallucination_rate, "unsupported_per_record": self.unsupported_per_record,
-                "latency_ms": self.latency_ms, "error_rate": self.error_rate,
+                "unsupported_share": self.unsupported_share, "latency_ms": self.latency_ms, "error_rate": self.error_rate,
                 "pairs": [{"prompt": p, "response": r} for p, r in self.pairs],
                 "embeddings": EMBEDDINGS_NAME if self.embeddings is not None else None}
 
@@ -86,7 +87,7 @@ class Baseline:
                     embeddings = {"prompt": stored["prompt"].astype(np.float32), "response": stored["response"].astype(np.float32)}
             return cls(records=int(data["records"]), descriptors={k: list(map(float, v)) for k, v in data["descriptors"].items()},
                        hallucination_rate=float(data["hallucination_rate"]), unsupported_per_record=float(data["unsupported_per_record"]),
-                       pairs=[(p["prompt"], p["response"]) for p in data.get("pairs", [])], source=data.get("source", ""),
+                       unsupported_share=float(data.get("unsupported_share", 0.0)), pairs=[(p["prompt"], p["response"]) for p in data.get("pairs", [])], source=data.get("source", ""),
                        latency_ms=data.get("latency_ms"), error_rate=data.get("error_rate"), embeddings=embeddings)
         except (ValueError, KeyError, TypeError, OSError) as exc:
             raise UserInputError(f"{path} is not a baseline this version reads ({exc}). To fix: rebuild it with "
@@ -155,5 +156,5 @@ def build_baseline(pairs: list[tuple[str, str]], *, embeddings: bool = True, sou
         known = [s for s in statuses if s is not None]
         error_rate = sum(1 for s in known if not 200 <= s < 300) / len(known)
     return Baseline(records=len(pairs), descriptors=scored.descriptors, hallucination_rate=scored.hallucination_rate,
-                    unsupported_per_record=scored.unsupported_per_record, pairs=texts, source=source,
+                    unsupported_per_record=scored.unsupported_per_record, unsupported_share=scored.unsupported_share, pairs=texts, source=source,
                     latency_ms=latency, error_rate=error_rate, embeddings=vectors)

@@ -66,7 +66,7 @@ def _decode(text: str) -> Any:
 
 
 def _empty_pending() -> dict[str, Any]:
-    return {"rows": {name: [] for name in d.NAMES}, "flagged": [], "ok": [], "latency": [], "times": [], "events": [],
+    return {"rows": {name: [] for name in d.NAMES}, "flagged": [], "unsupported": [], "facts": [], "ok": [], "latency": [], "times": [], "events": [],
             "texts": [], "prompt": None, "response": None}
 
 
@@ -179,6 +179,8 @@ def _score_into(pending: dict[str, Any], exchanges: list[Exchange], embeddings: 
     for name in d.NAMES:
         pending["rows"][name] += scored.descriptors[name]
     pending["flagged"] += [g.flagged for g in scored.scores]
+    pending["unsupported"] += [len(g.unsupported) for g in scored.scores]
+    pending["facts"] += [g.facts for g in scored.scores]
     pending["texts"] += [{"eventId": e.event_id, "prompt": e.prompt[:2000], "response": e.response[:2000],
                           "unsupported": g.unsupported, "derived": g.derived} if g.flagged else None
                          for e, g in zip(good, scored.scores, strict=True)]
@@ -199,7 +201,7 @@ def _take(pending: dict[str, Any], size: int) -> dict[str, Any]:
     taken: dict[str, Any] = {"rows": {name: pending["rows"][name][:size] for name in d.NAMES}}
     for name in d.NAMES:
         pending["rows"][name] = pending["rows"][name][size:]
-    for key in ("flagged", "ok", "times", "texts"):
+    for key in ("flagged", "unsupported", "facts", "ok", "times", "texts"):
         taken[key], pending[key] = pending[key][:size], pending[key][size:]
     for side in ("prompt", "response"):
         if pending.get(side):
@@ -239,6 +241,7 @@ def _test_window(state: dict[str, Any], baseline: Any, taken: dict[str, Any], em
     drift = drift_tests(baseline, taken["rows"], embedded, alpha)
     records = len(taken["ok"])
     hallucination = hallucination_test(sum(taken["flagged"]), records, baseline.hallucination_rate, alpha)
+    share = hallucination_test(sum(taken["unsupported"]), sum(taken["facts"]), baseline.unsupported_share, alpha)
     window = {"id": _window_id(endpoint, taken), "start": min(taken["times"]), "end": max(taken["times"]), "records": records}
     examples = tuple(t for t in taken["texts"] if t)[:3]
     operational = _operational(taken, baseline)
@@ -247,7 +250,7 @@ def _test_window(state: dict[str, Any], baseline: Any, taken: dict[str, Any], em
         from monitoring.report import write_report
 
         report = str(write_report(Path(report_dir), endpoint, window, baseline, taken, drift, hallucination, operational,
-                                  state["windows"]))
+                                  state["windows"], share))
     signals = []
     for side, tests in drift.items():
         for metric, test in tests.items():
@@ -256,12 +259,15 @@ def _test_window(state: dict[str, Any], baseline: Any, taken: dict[str, Any], em
     signals.append(Signal(endpoint=endpoint, kind="hallucination", metric="hallucination_rate", value=hallucination.rate,
                           threshold=hallucination.threshold, breached=hallucination.breached, window=window,
                           severity="critical", examples=examples, report=report))
+    signals.append(Signal(endpoint=endpoint, kind="hallucination", metric="unsupported_fact_share", value=share.rate,
+                          threshold=share.threshold, breached=share.breached, window=window, severity="critical",
+                          examples=examples, report=report))
     for metric, (value, threshold) in operational.items():
         signals.append(Signal(endpoint=endpoint, kind="operational", metric=metric, value=value, threshold=threshold,
                               breached=value > threshold, window=window, severity="critical", examples=(), report=report))
     return {**window, "drift": {side: {m: t.to_json() for m, t in tests.items()} for side, tests in drift.items()},
             "drifted": {side: any(t.drifted for t in tests.values()) for side, tests in drift.items()},
-            "hallucination": hallucination.to_json(), "operational": {m: {"value": v, "threshold": t} for m, (v, t) in operational.items()},
+            "hallucination": hallucination.to_json(), "unsupported_share": share.to_json(), "operational": {m: {"value": v, "threshold": t} for m, (v, t) in operational.items()},
             "report": report, "flagged_share": float(np.mean(taken["flagged"])) if records else 0.0, "_signals": signals}
 
 
@@ -291,7 +297,8 @@ def _summary(window: dict[str, Any]) -> dict[str, Any]:
 
 
 def _metrics_item(endpoint: str, window: dict[str, Any]) -> dict[str, Any]:
-    values = {"HallucinationRate": window["hallucination"]["rate"], "Records": float(window["records"]),
+    values = {"HallucinationRate": window["hallucination"]["rate"], "UnsupportedFactShare": window["unsupported_share"]["rate"],
+              "Records": float(window["records"]),
               "InputDrift": float(window["drifted"]["input"]), "OutputDrift": float(window["drifted"]["output"])}
     values.update({m: v["value"] for m, v in window["operational"].items()})
     return {"endpoint": endpoint, "window": {k: window[k] for k in ("id", "start", "end", "records")}, "values": values}

@@ -81,8 +81,16 @@ def highlight(text: str, spans: list[str]) -> str:
     return "".join(out).replace("\n", "<br>")
 
 
+def _share(share: Any) -> str:
+    if share is None:
+        return ""
+    return (f" Of all the facts the responses state, {share.rate:.1%} are unsupported (baseline {share.baseline_rate:.1%}; "
+            f"p = {share.p_value:.3g}): <b>{'ALERT' if share.breached else 'ok'}</b>.")
+
+
 def write_report(folder: Path, endpoint: str, window: dict[str, Any], baseline: Any, taken: dict[str, Any], drift: dict,
-                 hallucination: Any, operational: dict[str, tuple[float, float]], history: list[dict[str, Any]]) -> Path:
+                 hallucination: Any, operational: dict[str, tuple[float, float]], history: list[dict[str, Any]],
+                 share: Any = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{endpoint}-{window['id']}.html"
     stats = {m: t.statistic for tests in drift.values() for m, t in tests.items()}
@@ -110,7 +118,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}} tr.bad td{{backgro
 ({html.escape(baseline.source or 'training evaluation')}).</p>
 <h2>Hallucination</h2><p>{hallucination.rate:.1%} of responses state a fact their prompt does not support (baseline
 {hallucination.baseline_rate:.1%}; alert at {hallucination.threshold:.1%} with p ≤ significance; p = {hallucination.p_value:.3g}):
-<b>{'ALERT' if hallucination.breached else 'ok'}</b>.</p>
+<b>{'ALERT' if hallucination.breached else 'ok'}</b>.{_share(share)}</p>
 <h2>Operational</h2><ul>{ops}</ul>
 <h2>Drift</h2><table><tr><th>side</th><th>metric</th><th>test</th><th>statistic</th><th>p-value</th><th>level</th><th>effect</th><th></th></tr>
 {''.join(rows)}</table>

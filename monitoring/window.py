@@ -9,8 +9,10 @@ I/O (the poller reads and sends; the benchmark calls this directly).
 ``score_pairs`` is the per-record part (descriptors and grounding: each record is scored once, as it is
 read); ``drift_tests`` the per-window part. The window's false-alarm budget ``alpha`` (default 0.01) is
 split as ``monitoring.drift`` describes: half per side, and within a side half to the embedding test.
-The hallucination rate is tested on its own (a one-sided binomial test against the baseline's rate at
-``alpha``, and at least ``HALLUCINATION_MARGIN`` above it).
+Hallucination is tested on its own, two ways, each a one-sided binomial test against the baseline's at
+``alpha`` and at least ``HALLUCINATION_MARGIN`` above it: the **rate** (responses with an unsupported
+fact) and the **unsupported share** (unsupported facts over all the facts the responses state), which
+still moves when a model that already slips now and then starts inventing more.
 """
 
 from __future__ import annotations
@@ -41,6 +43,12 @@ class Scored:
     def unsupported_per_record(self) -> float:
         return sum(len(g.unsupported) for g in self.scores) / len(self.scores) if self.scores else 0.0
 
+    @property
+    def unsupported_share(self) -> float:
+        """Unsupported facts over all the responses' facts (micro-averaged)."""
+        facts_said = sum(g.facts for g in self.scores)
+        return sum(len(g.unsupported) for g in self.scores) / facts_said if facts_said else 0.0
+
 
 @dataclass(frozen=True)
 class HallucinationTest:
@@ -61,6 +69,7 @@ class WindowResult:
     drift: dict[str, dict[str, DriftTest]]
     scores: list[Grounding]
     hallucination: HallucinationTest
+    unsupported_share: HallucinationTest | None = None  # the share of the responses' facts unsupported
     descriptors: dict[str, list[float]] = field(default_factory=dict)
 
     def drifted(self, side: str) -> bool:
@@ -126,5 +135,7 @@ def evaluate_window(baseline: Any, pairs: list[tuple[str, str]], *, embeddings: 
         embedded, support = {"prompt": vectors.prompt, "response": vectors.response}, vectors.support
     scored = score_pairs(pairs, finish_reasons=finish_reasons, support=support)
     flagged = sum(g.flagged for g in scored.scores)
+    share = hallucination_test(sum(len(g.unsupported) for g in scored.scores), sum(g.facts for g in scored.scores),
+                               baseline.unsupported_share, alpha)
     return WindowResult(len(pairs), drift_tests(baseline, scored.descriptors, embedded, alpha), scored.scores,
-                        hallucination_test(flagged, len(pairs), baseline.hallucination_rate, alpha), scored.descriptors)
+                        hallucination_test(flagged, len(pairs), baseline.hallucination_rate, alpha), share, scored.descriptors)

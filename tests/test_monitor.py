@@ -290,10 +290,11 @@ def test_poll_through_the_cli_flags_reports_and_alerts_once(baseline_dir, tmp_pa
     first_window, second_window = result["windows"]
     assert not any(first_window["drifted"].values()) and second_window["drifted"]["output"]
     assert second_window["drift"]["output"]["output.refusal"]["drifted"] and second_window["hallucination"]["breached"]
+    assert second_window["unsupported_share"]["breached"] and not first_window["unsupported_share"]["breached"]
     assert {"statistic", "p_value", "threshold", "drifted"} <= set(second_window["drift"]["output"]["output.refusal"])
     alerts = {a["metric"]: a for a in result["alerts"]}
     assert alerts["hallucination_rate"]["kind"] == "hallucination" and alerts["hallucination_rate"]["examples"]
-    assert alerts["hallucination_rate"]["examples"][0]["unsupported"]
+    assert alerts["hallucination_rate"]["examples"][0]["unsupported"] and alerts["unsupported_fact_share"]["state"] == "firing"
     report = Path(second_window["report"]).read_text()
     assert "<mark>$123,456</mark>" in report and "data:image/png;base64," in report and "DRIFTED" in report
     again = json.loads(cli("monitor", "poll", "--source", tmp_path / "capture", "--baseline", baseline_dir, "--window", "100",

@@ -58,9 +58,10 @@ def _render(result: dict[str, Any]) -> None:
         typer.echo(f"  flagged {item['eventId']}: {', '.join(item['unsupported'])}")
     for window in result["windows"]:
         drifted = [m for tests in window["drift"].values() for m, t in tests.items() if t["drifted"]]
-        rate = window["hallucination"]
+        rate, share = window["hallucination"], window["unsupported_share"]
         typer.echo(f"Window {window['id']} ({window['records']} records): drift in {', '.join(drifted) or 'nothing'}; "
-                   f"hallucination rate {rate['rate']:.1%} (baseline {rate['baseline_rate']:.1%}){' ALERT' if rate['breached'] else ''}"
+                   f"hallucination rate {rate['rate']:.1%} (baseline {rate['baseline_rate']:.1%}){' ALERT' if rate['breached'] else ''}, "
+                   f"unsupported facts {share['rate']:.1%} (baseline {share['baseline_rate']:.1%}){' ALERT' if share['breached'] else ''}"
                    f"{'; report ' + window['report'] if window['report'] else ''}")
     if not result["windows"]:
         typer.echo(f"No full window yet ({result['pending']} records pending).")
