@@ -11,7 +11,8 @@ One poll, in order:
 3. **Score** each record: descriptors, grounding (its unsupported spans: ``flagged``), embeddings.
    Scored rows join the pending window.
 4. **Test** each full window of ``window`` records (in read order) against the baseline: drift per
-   side and metric, the hallucination rate, the error rate and latency where the capture carries them.
+   side and metric, the hallucination rate and unsupported-fact share, the error rate and p99 latency
+   (from the capture's metadata, or a SageMaker endpoint's CloudWatch metrics: ``monitoring.operational``).
    Each window gets an HTML report, and its results become signals for the alert book (de-duplication,
    cooldown, hysteresis), whose new alerts go into the outbox.
 5. **Commit** the state (cursor, pending rows, window history, alert book with its outbox) in one
@@ -92,7 +93,7 @@ def endpoint_of(source: str, exchanges: list[Exchange]) -> str:
 def poll(source: str, baseline: Any, *, sinks: list[Any] = (), state_uri: str | None = None, window: int = DEFAULT_WINDOW,
          embeddings: bool = True, alpha: float = 0.01, flush: bool = False, min_window: int = MIN_WINDOW,
          report_dir: str | Path | None = None, endpoint: str | None = None, now: float | None = None,
-         crash_at: str | None = None) -> dict[str, Any]:
+         latency_p99_ms: float | None = None, crash_at: str | None = None) -> dict[str, Any]:
     """One poll (see the module docstring). ``crash_at`` (tests only): raise SystemExit at a named point."""
     import time
 
@@ -130,7 +131,7 @@ def poll(source: str, baseline: Any, *, sinks: list[Any] = (), state_uri: str | 
     pending = state["pending"]
     while len(pending["ok"]) >= window or (flush and len(pending["ok"]) >= min_window):  # 4
         size = min(window, len(pending["ok"]))
-        windows.append(_test_window(state, baseline, _take(pending, size), embeddings, alpha, report_dir, endpoint))
+        windows.append(_test_window(state, baseline, _take(pending, size), embeddings, alpha, report_dir, endpoint, latency_p99_ms))
     if crash_at == "after-score":
         raise SystemExit(137)
     signals = [s for w in windows for s in w.pop("_signals")]
@@ -224,7 +225,7 @@ def _window_id(endpoint: str, taken: dict[str, Any]) -> str:
 
 
 def _test_window(state: dict[str, Any], baseline: Any, taken: dict[str, Any], embeddings: bool, alpha: float,
-                 report_dir: str | Path | None, endpoint: str) -> dict[str, Any]:
+                 report_dir: str | Path | None, endpoint: str, latency_p99_ms: float | None = None) -> dict[str, Any]:
     import numpy as np
 
     from monitoring.alerts import Signal
@@ -244,7 +245,7 @@ def _test_window(state: dict[str, Any], baseline: Any, taken: dict[str, Any], em
     share = hallucination_test(sum(taken["unsupported"]), sum(taken["facts"]), baseline.unsupported_share, alpha)
     window = {"id": _window_id(endpoint, taken), "start": min(taken["times"]), "end": max(taken["times"]), "records": records}
     examples = tuple(t for t in taken["texts"] if t)[:3]
-    operational = _operational(taken, baseline)
+    operational = _operational(taken, baseline, state["source"], endpoint, window, latency_p99_ms)
     report = ""
     if report_dir is not None:
         from monitoring.report import write_report
@@ -271,21 +272,30 @@ def _test_window(state: dict[str, Any], baseline: Any, taken: dict[str, Any], em
             "report": report, "flagged_share": float(np.mean(taken["flagged"])) if records else 0.0, "_signals": signals}
 
 
-def _operational(taken: dict[str, Any], baseline: Any) -> dict[str, tuple[float, float]]:
-    """Error rate and p99 latency from the capture's own metadata, where it carries them."""
+def _operational(taken: dict[str, Any], baseline: Any, source: str = "", endpoint: str = "",
+                 window: dict[str, Any] | None = None, latency_p99_ms: float | None = None) -> dict[str, tuple[float, float]]:
+    """Error rate and p99 latency: from the capture's own metadata where it carries them (our container
+    writes them), else, for a SageMaker endpoint's capture in S3, from its CloudWatch metrics
+    (``monitoring.operational``). The latency threshold is twice the baseline's p99, or ``latency_p99_ms``."""
     import numpy as np
 
-    out: dict[str, tuple[float, float]] = {}
+    values: dict[str, float] = {}
     statuses = [s for s in taken.get("all_status", []) if s is not None]
     if statuses:
-        errors = sum(1 for s in statuses if not 200 <= int(s) < 300) / len(statuses)
-        out["error_rate"] = (errors, max(ERROR_RATE, (baseline.error_rate or 0) * 2))
+        values["error_rate"] = sum(1 for s in statuses if not 200 <= int(s) < 300) / len(statuses)
     latencies = [v for v in taken.get("all_latency", []) if v is not None]
     if latencies:
-        p99 = float(np.percentile(latencies, 99))
-        base = (baseline.latency_ms or {}).get("p99")
-        if base:
-            out["latency_p99_ms"] = (p99, base * LATENCY_FACTOR)
+        values["latency_p99_ms"] = float(np.percentile(latencies, 99))
+    if not values and source.startswith("s3://") and window:
+        from monitoring.operational import sagemaker_metrics
+
+        values = sagemaker_metrics(endpoint, window["start"], window["end"])
+    out: dict[str, tuple[float, float]] = {}
+    if "error_rate" in values:
+        out["error_rate"] = (values["error_rate"], max(ERROR_RATE, (baseline.error_rate or 0) * 2))
+    base = latency_p99_ms or ((baseline.latency_ms or {}).get("p99", 0) * LATENCY_FACTOR)
+    if "latency_p99_ms" in values and base:
+        out["latency_p99_ms"] = (values["latency_p99_ms"], base)
     return out
 
 

@@ -354,3 +354,36 @@ def test_deploy_attaches_a_monitor_that_poll_endpoint_uses(tmp_path, monkeypatch
     polled = cli("monitor", "poll", "--endpoint", "claims", "--window", "20", "--no-embeddings", "--json")
     assert polled.exit_code == 0, polled.output
     assert json.loads(polled.stdout)["records"] == 30 and json.loads(polled.stdout)["endpoint"] == "claims"
+
+
+def test_a_sagemaker_capture_without_status_takes_the_error_rate_from_cloudwatch(moto_server, baseline_dir, tmp_path, monkeypatch):
+    """SageMaker's own capture records carry no status or latency: the window's error rate and p99 come
+    from the endpoint's AWS/SageMaker metrics, and a 30% 5xx rate alerts."""
+    import datetime as dt
+
+    import boto3
+
+    monkeypatch.setenv("LAUNCHER_HOME", str(tmp_path / "home"))
+    now = dt.datetime.now(dt.UTC)
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    records = []
+    for i in range(30):
+        record = chat_record(i, second=i)
+        record["eventMetadata"] = {"eventId": f"sm-{i}", "inferenceTime": stamp}  # SageMaker's: no launcher extras
+        records.append(json.dumps(record))
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="sm-capture")
+    s3.put_object(Bucket="sm-capture", Key=f"capture/claims/AllTraffic/{now:%Y/%m/%d/%H}/a.jsonl", Body="\n".join(records).encode())
+    dims = [{"Name": "EndpointName", "Value": "claims"}, {"Name": "VariantName", "Value": "AllTraffic"}]
+    boto3.client("cloudwatch").put_metric_data(Namespace="AWS/SageMaker", MetricData=[
+        {"MetricName": "Invocations", "Dimensions": dims, "Value": 30.0, "Timestamp": now},
+        {"MetricName": "Invocation5XXErrors", "Dimensions": dims, "Value": 9.0, "Timestamp": now},
+        {"MetricName": "ModelLatency", "Dimensions": dims, "Value": 250000.0, "Unit": "Microseconds", "Timestamp": now}])
+    polled = cli("monitor", "poll", "--source", "s3://sm-capture/capture/", "--baseline", baseline_dir, "--window", "30",
+                 "--no-embeddings", "--latency-p99-ms", "200", "--json")
+    assert polled.exit_code == 0, polled.output
+    result = json.loads(polled.stdout)
+    assert result["endpoint"] == "claims"
+    operational = result["windows"][0]["operational"]
+    assert operational["error_rate"]["value"] == pytest.approx(0.3) and operational["latency_p99_ms"]["value"] == pytest.approx(250.0)
+    assert {(a["kind"], a["metric"]) for a in result["alerts"]} >= {("operational", "error_rate"), ("operational", "latency_p99_ms")}

@@ -71,7 +71,8 @@ def _render(result: dict[str, Any]) -> None:
 
 
 def _poll_once(source: str, baseline_path: str, sinks: list[str], state: str | None, window: int, flush: bool,
-               embeddings: bool, alpha: float, report_dir: Path | None, endpoint: str | None) -> dict[str, Any]:
+               embeddings: bool, alpha: float, report_dir: Path | None, endpoint: str | None,
+               latency_p99_ms: float | None = None) -> dict[str, Any]:
     from monitoring.baseline import Baseline
     from monitoring.poller import poll
     from monitoring.sinks import parse_sinks
@@ -79,7 +80,7 @@ def _poll_once(source: str, baseline_path: str, sinks: list[str], state: str | N
     parsed = parse_sinks(sinks)
     baseline = Baseline.load(baseline_path)
     return poll(source, baseline, sinks=parsed, state_uri=state, window=window, flush=flush, embeddings=embeddings, alpha=alpha,
-                report_dir=report_dir, endpoint=endpoint,
+                report_dir=report_dir, endpoint=endpoint, latency_p99_ms=latency_p99_ms,
                 crash_at=os.environ.get("LAUNCHER_MONITOR_CRASH_AT") or None)  # fault injection for the exactly-once tests
 
 
@@ -135,13 +136,14 @@ def poll_command(
     embeddings: bool = typer.Option(True, "--embeddings/--no-embeddings", help="Embedding drift and sentence support (all-MiniLM-L6-v2)."),
     alpha: float = typer.Option(0.01, "--alpha", help="False-alarm budget per window, across every drift test."),
     report_dir: Path = typer.Option(None, "--report-dir", help="Where each window's HTML report goes (default: beside the state)."),
+    latency_p99_ms: float = typer.Option(None, "--latency-p99-ms", help="Alert above this p99 latency (default: twice the baseline's)."),
     as_json: bool = json_option("One JSON object: records, skipped, flagged, drift, alerts, windows, totals."),
 ) -> None:
     """Score what is new in the capture once, test full windows, send alerts."""
     _common_checks(window, alpha)
     source, baseline, sink = _attached(endpoint, source, baseline, sink)
     result = _poll_once(source, baseline, sink, state, window, flush, embeddings, alpha, report_dir or _default_reports(state, source),
-                        endpoint)
+                        endpoint, latency_p99_ms)
     output(result, as_json, _render)
 
 
