@@ -647,6 +647,8 @@ class Recipe:
             base = evaluate.text_metrics(base_out, references, prompts=sources)
             tuned = evaluate.text_metrics(tuned_out, references, prompts=sources)
             self.metrics["quality"] = {"base": base, "tuned": tuned, "improvement_pct": evaluate.improvement_pct(base, tuned), "samples_scored": len(chosen)}
+        # The monitors' baseline: each eval prompt as a chat capture reads it (every turn's text) and the tuned answer.
+        self.baseline_pairs = [("\n".join(content for _, content in e.prompt), t) for e, t in zip(chosen, tuned_out)]
         self.samples = [
             {"id": n, "prompt": [{"role": r, "content": c} for r, c in e.prompt], "reference": e.reference,
              "base": b, "tuned": t, "source": f"{e.source}:{e.line}"}
@@ -690,6 +692,13 @@ class Recipe:
             with self.phase("merge"):
                 self._save_merged(out / "merged")
         checkpoint.write_atomic(out / "samples.jsonl", "".join(json.dumps(s) + "\n" for s in self.samples))
+        if getattr(self, "baseline_pairs", None):
+            from monitoring.baseline import build_baseline
+
+            # Descriptors, grounding and the pairs; no embeddings (the monitor extra is not the training image's:
+            # 'launcher monitor poll' embeds the stored pairs once and caches them).
+            build_baseline(self.baseline_pairs, embeddings=False,
+                           source=f"training evaluation: {len(self.baseline_pairs)} eval prompts and the tuned model's answers").save(out)
         checkpoint.write_atomic(out / "manifest.json", json.dumps(self._manifest(), indent=2))
         metrics = {"schema": 1, "base_model": cfg.base_model, "method": cfg.method, **self.metrics, "loss_curve": self.loss_curve}
         checkpoint.write_atomic(out / "metrics.json", json.dumps(metrics, indent=2))  # last: its presence means done

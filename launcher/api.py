@@ -273,14 +273,22 @@ def _endpoint_backend(name: str, backend: str | None) -> Backend:
 
 def deploy(model: str | Path, backend: str = "local", name: str | None = None, *, port: int | None = None,
            adapters: dict[str, str | Path] | None = None, capture: str | None = None, capture_percent: float = 100.0,
-           max_new_tokens_cap: int = 1024, api_key_env: str = "LAUNCHER_API_KEY", local_check: bool = True, **options: Any):
+           max_new_tokens_cap: int = 1024, api_key_env: str = "LAUNCHER_API_KEY", local_check: bool = True,
+           monitor_sinks: list[str] | None = None, **options: Any):
     """Serve ``model`` (a job id or a model dir) on ``backend`` as endpoint ``name`` (default: from the
     job id or folder). Returns the ``Endpoint`` once it answers; an endpoint of that name already serving
     the same model is re-attached. ``options`` are the backend's own (local: the server's, e.g. ``threads``;
     SageMaker: ``instance_type``, ``instance_count``, ``serving_image``, ...; Vertex AI: ``machine_type``,
-    ``min_replicas``, ...). A cloud backend first runs the serving contract on this machine (``local_check``)."""
+    ``min_replicas``, ...). A cloud backend first runs the serving contract on this machine (``local_check``).
+    ``monitor_sinks`` attaches a monitor: ``launcher monitor poll --endpoint NAME`` then reads the endpoint's
+    capture against the model's baseline and sends alerts there (the sinks are checked before anything is
+    deployed)."""
     from launcher.backends.base import EndpointSpec
 
+    if monitor_sinks:
+        from monitoring.sinks import parse_sinks
+
+        parse_sinks(list(monitor_sinks))  # a bad sink is one line now, not after a 10-minute deploy
     if not 0 <= capture_percent <= 100:
         raise UserInputError(f"capture percent {capture_percent:g} is not a percentage. To fix: pass 0 to 100")
     if max_new_tokens_cap < 1:
@@ -299,7 +307,10 @@ def deploy(model: str | Path, backend: str = "local", name: str | None = None, *
     except BackendError:  # a cloud endpoint may exist, Failed: 'endpoints' and 'undeploy NAME' must find it
         index.record_endpoint(spec.name, runner.name, _now(), location)
         raise
-    index.record_endpoint(endpoint.name, runner.name, _now(), location)
+    monitor = None
+    if monitor_sinks:
+        monitor = {"source": endpoint.capture, "baseline": str(folder), "sinks": list(monitor_sinks)}
+    index.record_endpoint(endpoint.name, runner.name, _now(), location, monitor)
     return endpoint
 
 

@@ -3,8 +3,9 @@
 A managed training job on a prebuilt deep-learning image (SageMaker's script mode, Vertex AI's Python
 package mode) needs our code in the container. The bundle holds exactly that:
 
-* ``entrypoints/`` (the training recipe) and ``launcher/`` (the pure modules it imports: spec, data,
-  errors, facts, state, memory, ...; the package's data files included);
+* ``entrypoints/`` (the training recipe), ``launcher/`` (the pure modules it imports: spec, data,
+  errors, facts, state, memory, ...; the package's data files included) and ``monitoring/`` (the recipe
+  writes the monitors' ``baseline.json`` with it);
 * ``launcher_train.py``, the program the image runs (``python launcher_train.py --key value ...``);
 * ``requirements.txt``: what the recipe needs, pinned to the versions this client has installed, so the
   job trains with the libraries it was planned and tested with (torch excepted: the image brings a CUDA
@@ -57,9 +58,10 @@ class Bundle:
 def _sources() -> list[tuple[str, bytes]]:
     import entrypoints
     import launcher
+    import monitoring
 
     files = []
-    for package in (launcher, entrypoints):
+    for package in (launcher, entrypoints, monitoring):
         root = Path(package.__file__).parent
         for path in sorted(root.rglob("*")):
             if path.is_file() and "__pycache__" not in path.parts and path.suffix not in (".pyc", ".pyo"):
@@ -89,7 +91,7 @@ def pyproject(pinned: str) -> str:
         f'[project]\nname = "launcher-bundle"\nversion = "{__version__}"\nrequires-python = ">=3.11"\n'
         f"dependencies = [\n{dependencies}]\n\n"
         '[tool.setuptools]\npy-modules = ["launcher_train"]\n\n'
-        '[tool.setuptools.packages.find]\ninclude = ["launcher*", "entrypoints*"]\n\n'
+        '[tool.setuptools.packages.find]\ninclude = ["launcher*", "entrypoints*", "monitoring*"]\n\n'
         '[tool.setuptools.package-data]\n"*" = ["*.json", "*.yaml"]\n'
     )
 

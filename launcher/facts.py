@@ -184,12 +184,12 @@ def _is_name_word(word: str) -> bool:
     return word[0].isupper() and word.casefold() not in _STOP and not any(c.isdigit() for c in word)
 
 
-def _names(text: str, source: bool) -> set[Fact]:
+def _names(text: str, source: bool, where: list | None = None) -> set[Fact]:
     """Runs of capitalised words; see the module docstring for which runs are names."""
     found: set[Fact] = set()
     run: list[str] = []
     run_at_start = carried = False  # carried: the previous word is a capitalised stop word opening a sentence
-    end = 0
+    end = start = last = 0
 
     def flush() -> None:
         words = [w for w in run if w not in _TITLES]
@@ -197,6 +197,8 @@ def _names(text: str, source: bool) -> set[Fact]:
             words[-1] = re.sub(r"['’]s?$", "", words[-1])  # possessive: Walsh's -> Walsh
         if words and (len(words) > 1 or run[0] in _TITLES or ((source or not run_at_start) and len(words[0]) > 1)):
             found.add(Fact("name", " ".join(words)))
+            if where is not None:
+                where.append((Fact("name", " ".join(words)), start, last))
 
     for match in _WORD.finditer(text):
         word, gap = match.group(), text[end : match.start()]
@@ -204,13 +206,14 @@ def _names(text: str, source: bool) -> set[Fact]:
         end = match.end()
         if run and _is_name_word(word) and (_JOIN.fullmatch(gap) or (run[-1] in _TITLES and _AFTER_TITLE.fullmatch(gap))):
             run.append(word)
+            last = match.end()
             carried = False
             continue
         if run:
             flush()
             run = []
         if word in _TITLES or _is_name_word(word):
-            run, run_at_start = [word], opens
+            run, run_at_start, start, last = [word], opens, match.start(), match.end()
         carried = opens and word[0].isupper() and not run  # "The Fed" at a sentence start: Fed opens it
     if run:
         flush()
@@ -218,13 +221,17 @@ def _names(text: str, source: bool) -> set[Fact]:
 
 
 # --- the API -----------------------------------------------------------------------------------------
-def _take(patterns: list[re.Pattern], text: str, make: Callable[[re.Match], Fact | None], found: set[Fact]) -> str:
-    """Add each match's fact to ``found`` and blank the match out of the text for the later passes."""
+def _take(patterns: list[re.Pattern], text: str, make: Callable[[re.Match], Fact | None], found: set[Fact],
+          where: list | None = None) -> str:
+    """Add each match's fact to ``found`` and blank the match out of the text for the later passes (so
+    positions stay those of the original text)."""
     def take(match: re.Match) -> str:
         fact = make(match)
         if fact is None:
             return match.group()
         found.add(fact)
+        if where is not None:
+            where.append((fact, match.start(), match.end()))
         return " " * len(match.group())
 
     for pattern in patterns:
@@ -243,6 +250,20 @@ def extract(text: str, *, source: bool = False) -> set[Fact]:
     text = _take(_DATES, text, _date, found)
     text = _take([_NUMBER], text, _number, found)
     return found | _names(text, source)
+
+
+def located(text: str, *, source: bool = False) -> list[tuple[Fact, int, int]]:
+    """Every fact of ``text`` (as ``extract`` finds them) with where it is stated: ``(fact, start, end)``
+    for each occurrence, in text order; ``text[start:end]`` is the span a report highlights."""
+    where: list[tuple[Fact, int, int]] = []
+    found: set[Fact] = set()
+    original = text
+    text = _take(_CITATIONS, text, _citation, found, where)
+    text = _take(_DATES, text, _date, found, where)
+    text = _take([_NUMBER], text, _number, found, where)
+    _names(text, source, where)
+    assert len(text) == len(original)
+    return sorted(where, key=lambda item: item[1])
 
 
 def matches(a: Fact, b: Fact) -> bool:

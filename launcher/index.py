@@ -10,6 +10,8 @@ Writes are atomic and serialised by a lock.
 
 from __future__ import annotations
 
+from typing import Any
+
 from launcher.backends.base import JobRef
 from launcher.state import file_lock, home, read_json, write_json
 
@@ -62,12 +64,16 @@ def _endpoints_path():
     return home() / "endpoints.json"
 
 
-def record_endpoint(name: str, backend: str, recorded_at: str = "", location: dict[str, str] | None = None) -> None:
+def record_endpoint(name: str, backend: str, recorded_at: str = "", location: dict[str, str] | None = None,
+                    monitor: dict[str, Any] | None = None) -> None:
     """Remember where endpoint ``name`` was deployed: its backend and, for a cloud, the region (project,
-    bucket) its deploy options named, so invoke and undeploy find it outside the environment's region."""
+    bucket) its deploy options named, so invoke and undeploy find it outside the environment's region;
+    and the monitor ``deploy --monitor-sink`` attached (capture source, baseline, sinks)."""
     with file_lock(home() / "locks" / "index.lock"):
         known = read_json(_endpoints_path())
         entry = {"backend": backend, "recorded_at": recorded_at, "location": dict(location or {})}
+        if monitor or known.get(name, {}).get("monitor"):
+            entry["monitor"] = dict(monitor or known[name]["monitor"])
         if {k: v for k, v in known.get(name, {}).items() if k != "recorded_at"} == {k: v for k, v in entry.items() if k != "recorded_at"}:
             return
         known[name] = entry
@@ -82,6 +88,11 @@ def endpoint_backend(name: str) -> str | None:
 def endpoint_location(name: str) -> dict[str, str]:
     """The location options endpoint ``name`` was deployed with from this home (none: the environment's)."""
     return dict(read_json(_endpoints_path()).get(name, {}).get("location") or {})
+
+
+def endpoint_monitor(name: str) -> dict[str, Any]:
+    """The monitor attached to endpoint ``name`` at deploy (source, baseline, sinks), or {}."""
+    return dict(read_json(_endpoints_path()).get(name, {}).get("monitor") or {})
 
 
 def endpoint_backends() -> set[str]:

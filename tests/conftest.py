@@ -242,6 +242,22 @@ def grpc_fake():
 
 
 @pytest.fixture
+def pubsub_fake(monkeypatch):
+    """Pub/Sub's Publisher and Subscriber (tests/fakes/pubsub.py) on a plaintext gRPC port that
+    PUBSUB_EMULATOR_HOST names, so the real PublisherClient and SubscriberClient talk to it. Yields the
+    fake's control API (deny, published); the server stops after the test."""
+    from fakes.pubsub import PubSubFake
+
+    from launcher import clouds
+
+    with PubSubFake() as fake:
+        monkeypatch.setenv("PUBSUB_EMULATOR_HOST", fake.address)
+        clouds.reset()  # a publisher cached for another address is not reused
+        yield fake
+    clouds.reset()
+
+
+@pytest.fixture
 def sagemaker_fake(moto_server, tmp_path):
     """moto's SageMaker with training jobs that really run (tests/fakes/sagemaker.py): the created job's
     program runs under the real sagemaker-training toolkit in a temporary /opt/ml root under tmp_path.

@@ -74,7 +74,7 @@ app = typer.Typer(
 )
 
 # Command-group modules, in the order their commands appear in --help.
-COMMAND_MODULES = ["init", "data", "plan", "jobs", "report", "serve"]
+COMMAND_MODULES = ["init", "data", "plan", "jobs", "report", "serve", "monitor"]
 
 
 @app.callback()

@@ -49,6 +49,9 @@ def deploy(
                                           "Vertex AI: machine_type, accelerator, min_replicas, max_replicas, serving_image, project, region, staging_bucket."),
     local_check: bool = typer.Option(True, "--local-check/--no-local-check",
                                      help="SageMaker, Vertex AI: run the serving contract on this machine first (skip for an image that cannot run here)."),
+    monitor_sink: list[str] = typer.Option([], "--monitor-sink", metavar="URI",
+                                           help="Attach a monitor sending alerts here (repeatable; see 'launcher monitor poll "
+                                                "--help'); then 'launcher monitor poll --endpoint NAME'."),
     as_json: bool = json_option(),
 ) -> None:
     """Serve a finished job's model (or a model dir) as an endpoint; returns once it answers."""
@@ -57,7 +60,7 @@ def deploy(
     adapters = _options(adapter, "--adapter")
     endpoint = api_deploy(model, backend=backend, name=name, port=port, adapters=adapters, capture_percent=capture_percent,
                           max_new_tokens_cap=max_new_tokens_cap, api_key_env=api_key_env, local_check=local_check,
-                          **_options(option, "--option"))
+                          monitor_sinks=monitor_sink, **_options(option, "--option"))
     if endpoint.reattached:
         say(f"Endpoint {endpoint.name} is already serving this model: re-attached.", as_json)
     else:

@@ -3,10 +3,10 @@
 Google ships no emulator of Vertex AI or Cloud Logging, and no gRPC servicer stubs for either.
 ``VertexFake`` learns each service's methods from the client library itself (every
 ``<Service>GrpcTransport`` property is a stub naming the method's path and its proto-plus request
-and response classes) and serves them through ``grpc.method_handlers_generic_handler``, so the real
-``aiplatform_v1.JobServiceClient`` and ``logging_v2`` ``LoggingServiceV2Client`` talk to it unchanged
-(``VERTEX_EMULATOR_HOST`` / ``LOGGING_EMULATOR_HOST`` in ``launcher.clouds``). Long-running
-operations go through ``google.longrunning``'s generated ``OperationsServicer``.
+and response classes) and serves them through ``grpc.method_handlers_generic_handler``
+(tests/fakes/grpc_learnt.py), so the real ``aiplatform_v1.JobServiceClient`` and ``logging_v2``
+``LoggingServiceV2Client`` talk to it unchanged (``VERTEX_EMULATOR_HOST`` / ``LOGGING_EMULATOR_HOST``
+in ``launcher.clouds``). Long-running operations go through ``google.longrunning``'s generated ``OperationsServicer``.
 
 * **JobService.CreateCustomJob** checks the parent (``projects/P/locations/L``), a display name, one
   worker pool with ``replica_count`` 1 holding a ``python_package_spec`` or a ``container_spec``
@@ -125,6 +125,7 @@ from google.longrunning import operations_pb2, operations_pb2_grpc
 from google.protobuf import empty_pb2, json_format, timestamp_pb2
 from google.rpc import status_pb2
 
+from fakes.grpc_learnt import generic_handlers
 from fakes.vertex_serving import ServingServices
 
 JobState = aiplatform_v1.JobState
@@ -137,47 +138,6 @@ GPU_METRICS = {"NVIDIA_TESLA_A100": "nvidia_a100", "NVIDIA_A100_80GB": "nvidia_a
                "NVIDIA_H100_80GB": "nvidia_h100", "NVIDIA_H100_MEGA_80GB": "nvidia_h100_mega", "NVIDIA_H200_141GB": "nvidia_h200"}
 SEVERITIES = dict(log_severity_pb2.LogSeverity.items())
 ME = "the Vertex AI fake (tests/fakes/vertex.py)"
-
-
-class _RecordingChannel(grpc.Channel):
-    """A channel that only records the stubs a transport makes: path -> (kind, serializer, deserializer)."""
-
-    def __init__(self):
-        self.methods: dict[str, tuple[str, Any, Any]] = {}
-
-    def _stub(kind):  # noqa: N805 - a factory of the four stub makers
-        def make(self, path, request_serializer=None, response_deserializer=None, *_, **__):
-            self.methods[path] = (kind, request_serializer, response_deserializer)
-            return lambda *a, **k: None
-        return make
-
-    unary_unary, unary_stream = _stub("unary_unary"), _stub("unary_stream")
-    stream_unary, stream_stream = _stub("stream_unary"), _stub("stream_stream")
-
-    def subscribe(self, *_, **__): ...
-    def unsubscribe(self, *_, **__): ...
-    def close(self): ...
-
-
-def _methods(transport_class: type) -> dict[str, tuple[str, Any, Any]]:
-    """Every method a client transport can call, learnt by touching each of its stub properties."""
-    channel = _RecordingChannel()
-    transport = transport_class(channel=channel, credentials=AnonymousCredentials())
-    transport._logged_channel, transport._stubs = channel, {}  # the real one wraps stubs lazily
-    for name in dir(transport_class):
-        if isinstance(getattr(transport_class, name), property) and name not in ("grpc_channel", "kind", "operations_client"):
-            getattr(transport, name)
-    return channel.methods
-
-
-def _codec(function: Any, direction: str) -> Any:
-    """The (de)serializer for a stub's message class: proto-plus or plain protobuf; None (bytes) if unknown."""
-    cls = getattr(function, "__self__", None)
-    if not isinstance(cls, type):
-        return None
-    if hasattr(cls, "meta"):  # proto-plus
-        return cls.deserialize if direction == "in" else cls.serialize
-    return cls.FromString if direction == "in" else (lambda message: message.SerializeToString())
 
 
 def _now() -> dt.datetime:
@@ -313,19 +273,11 @@ class VertexFake(ServingServices):
             "/google.logging.v2.LoggingServiceV2/ListLogEntries": self._list_log_entries,
             **self._serving_handlers(),
         }
-        services: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
-        for transport in (JobServiceGrpcTransport, LoggingServiceV2GrpcTransport, ModelServiceGrpcTransport,
-                          EndpointServiceGrpcTransport, PredictionServiceGrpcTransport):
-            for path, (kind, serializer, deserializer) in _methods(transport).items():
-                service, method = path.strip("/").split("/")
-                if service == "google.longrunning.Operations":
-                    continue  # the generated servicer below
-                make = getattr(grpc, f"{kind}_rpc_method_handler")
-                behaviour = implemented.get(path) or self._unimplemented(service, method, kind)
-                services.setdefault(service, {})[method] = make(
-                    behaviour, request_deserializer=_codec(serializer, "in"), response_serializer=_codec(deserializer, "out"))
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), interceptors=[self._faults])
-        self._server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(s, h) for s, h in services.items()])
+        transports = (JobServiceGrpcTransport, LoggingServiceV2GrpcTransport, ModelServiceGrpcTransport,
+                      EndpointServiceGrpcTransport, PredictionServiceGrpcTransport)
+        # google.longrunning.Operations: the generated servicer below
+        self._server.add_generic_rpc_handlers(generic_handlers(transports, implemented, ME, skip=("google.longrunning.Operations",)))
         operations_pb2_grpc.add_OperationsServicer_to_server(_Operations(self._operations), self._server)
         bound = self._server.add_insecure_port(f"127.0.0.1:{port}")
         self._server.start()
@@ -354,14 +306,6 @@ class VertexFake(ServingServices):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    @staticmethod
-    def _unimplemented(service: str, method: str, kind: str) -> Callable:
-        def answer(request, context):
-            context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{service}.{method} is not implemented by {ME}")
-        if kind.endswith("stream"):  # a streaming response: a generator that aborts
-            return lambda request, context: (x for x in [answer(request, context)])
-        return answer
 
     # --- the control API ----------------------------------------------------------------------------
     def jobs(self) -> list[aiplatform_v1.CustomJob]:
