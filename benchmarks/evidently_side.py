@@ -120,7 +120,7 @@ def offline_failures() -> dict[str, str]:
                                 descriptors=[make("response", alias=name)]).as_dataframe()
             failures[name] = "ran (not dropped for failing)"
         except Exception as exc:  # noqa: BLE001 - we report whatever it raised
-            failures[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            failures[name] = f"{type(exc).__name__}: " + next((line.strip() for line in str(exc).splitlines() if line.strip(" *")), "")[:200]
     return failures
 
 
