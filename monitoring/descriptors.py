@@ -11,7 +11,8 @@ The hallucination score is grounding's (``monitoring.grounding``), kept apart: i
 baseline's, not a distribution.
 
 ``BINARY`` names the 0/1 descriptors (tested as proportions); the rest are counts and ratios (tested as
-distributions).
+distributions). The response/prompt ratio (``JOINT``) is recorded and plotted but in neither side's
+tests: a longer prompt with the same answers would otherwise blame the output.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import re
 from launcher import facts
 
 INPUT = ("input.prompt_words", "input.prompt_lines", "input.prompt_numbers")
-OUTPUT = ("output.response_words", "output.response_prompt_ratio", "output.empty", "output.truncated", "output.refusal",
-          "output.repetition", "output.numbers")
-NAMES = INPUT + OUTPUT
+OUTPUT = ("output.response_words", "output.empty", "output.truncated", "output.refusal", "output.repetition", "output.numbers")
+JOINT = ("output.response_prompt_ratio",)  # moves when either side does: shown and reported, not tested for a side
+NAMES = INPUT + OUTPUT + JOINT
 BINARY = frozenset({"output.empty", "output.truncated", "output.refusal"})
 
 _WORD = re.compile(r"\w+")

@@ -14,9 +14,9 @@ Derivations tried (``derivations``), over the prompt's numbers whose units agree
 
 * one number times 1/2, 1/3, 2/3, 1/4, 3/4, 2, 12 (a month -> a year), 1/12, 52 (a week -> a year), 1/52;
 * two numbers: sum, difference, product, ratio, ratio as a percentage, ``p%`` of the other, and the
-  percentage change from one to the other, one's share of the two; one amount's share of its unit's
-  total, as a percentage;
-* the sum of all the prompt's amounts of one unit (total holdings).
+  percentage change from one to the other, one's share of the two;
+* sums of three or four, or all, of the prompt's amounts of one unit (total holdings, holdings plus
+  cash), and one amount's share of such a sum, as a percentage.
 
 A derived value matches when it is within half a unit of the response's last stated digit (``$1,066.67``
 matches 1066.666..., ``$1,067`` too), so rounding to cents or to whole dollars is accepted and a
@@ -73,9 +73,9 @@ def derivations(numbers: list[tuple[float, str]], unit: str) -> list[float]:
         for a, b in itertools.permutations(money, 2):
             if b:
                 out += [a / b * 100, (a - b) / b * 100, a / (a + b) * 100 if a + b else 0.0]
-        for kind in {u for _, u in numbers if u not in ("%", "ordinal")}:  # a share of the total
-            total = sum(v for v, u in numbers if u == kind)
-            out += [v / total * 100 for v, u in numbers if u == kind and total]
+        for kind in {u for _, u in numbers if u not in ("%", "ordinal")}:  # a share of a total
+            same_unit = [v for v, u in numbers if u == kind]
+            out += [v / total * 100 for total in _subset_sums(same_unit) if total for v in same_unit]
         return out
     same = [v for v, u in numbers if u == unit or u == "" or unit == ""]
     out = [v * f for v in same for f in FRACTIONS]
@@ -87,9 +87,16 @@ def derivations(numbers: list[tuple[float, str]], unit: str) -> list[float]:
     out += [a * p / 100 for a in same for p in percents]
     out += [a * (1 + p / 100) for a in same for p in percents] + [a * (1 - p / 100) for a in same for p in percents]
     for kind in {u for _, u in numbers if u not in ("%", "ordinal")}:
-        total = [v for v, u in numbers if u == kind]
-        if len(total) > 2:
-            out.append(sum(total))
+        out += _subset_sums([v for v, u in numbers if u == kind])
+    return out
+
+
+def _subset_sums(values: list[float]) -> list[float]:
+    """Sums of 3 or 4 of the values (the holdings and the cash), and of all of them: a total the prompt
+    does not state. Beyond 12 values, only the total (the combinations would match almost anything)."""
+    out = [sum(values)] if len(values) > 2 else []
+    if len(values) <= 12:
+        out += [sum(c) for size in (3, 4) for c in itertools.combinations(values, size)]
     return out
 
 
