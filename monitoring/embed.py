@@ -83,9 +83,10 @@ class Embedder:
         import numpy as np
 
         missing = list(dict.fromkeys(t for t in texts if t not in self.cache))
+        if missing and len(self.cache) + len(missing) > CACHE_SIZE:
+            self.cache.clear()  # full: start again with this batch's texts
+            missing = list(dict.fromkeys(texts))
         if missing:
-            if len(self.cache) + len(missing) > CACHE_SIZE:
-                self.cache.clear()
             self.cache.update(zip(missing, self.encode(missing), strict=True))
         return np.stack([self.cache[t] for t in texts]) if texts else self.encode([])
 

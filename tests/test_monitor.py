@@ -387,3 +387,44 @@ def test_a_sagemaker_capture_without_status_takes_the_error_rate_from_cloudwatch
     operational = result["windows"][0]["operational"]
     assert operational["error_rate"]["value"] == pytest.approx(0.3) and operational["latency_p99_ms"]["value"] == pytest.approx(250.0)
     assert {(a["kind"], a["metric"]) for a in result["alerts"]} >= {("operational", "error_rate"), ("operational", "latency_p99_ms")}
+
+
+def test_watch_polls_on_a_schedule_and_picks_up_new_traffic(baseline_dir, tmp_path, monkeypatch):
+    """Two polls on a schedule: the first reads what is there, the second only what arrived between them."""
+    from launcher.cli import monitor
+
+    monkeypatch.setenv("LAUNCHER_HOME", str(tmp_path / "home"))
+    write_capture(tmp_path / "capture", "a", [chat_record(i, second=i) for i in range(20)])
+    waits = []
+
+    def between_polls(seconds: float) -> None:  # new traffic arrives while the watcher waits
+        waits.append(seconds)
+        write_capture(tmp_path / "capture", "b", [chat_record(i, second=i) for i in range(20, 30)])
+
+    monkeypatch.setattr(monitor.time, "sleep", between_polls)
+    watched = cli("monitor", "watch", "--every", "90s", "--polls", "2", "--source", tmp_path / "capture", "--baseline", baseline_dir,
+                  "--window", "50", "--no-embeddings", "--json")
+    assert len(waits) == 1 and 80 < waits[0] <= 90  # the interval less the poll's own time
+    assert watched.exit_code == 0, watched.output
+    polls = [json.loads(line) for line in watched.stdout.splitlines()]
+    assert [p["records"] for p in polls] == [20, 10] and polls[-1]["pending"] == 30
+
+
+def test_the_sentence_cache_encodes_each_text_once_and_survives_filling_up(monkeypatch):
+    import numpy as np
+
+    from monitoring import embed
+
+    calls = []
+
+    class Model:
+        def encode(self, texts, **kwargs):
+            calls.append(list(texts))
+            return np.stack([np.full(embed.DIM, len(t), np.float32) for t in texts])
+
+    embedder = embed.Embedder(Model())
+    first = embedder.encode_cached(["a", "bb", "a"])
+    assert calls == [["a", "bb"]] and first[2][0] == 1 and first[1][0] == 2
+    monkeypatch.setattr(embed, "CACHE_SIZE", 3)
+    again = embedder.encode_cached(["a", "ccc", "dddd"])  # over the cap: cleared, this batch encoded whole
+    assert calls[-1] == ["a", "ccc", "dddd"] and [v[0] for v in again] == [1, 3, 4]
