@@ -23,8 +23,9 @@ Decisions that are not obvious:
   key, ``eventMetadata.launcher`` (``latencyMs``, ``status``, ``route``, and ``stream`` for a streamed answer), which
   SageMaker's own readers ignore and ``CaptureRecord.extra`` exposes. A SageMaker-written record simply
   lacks it.
-* **Files.** ``<dest>/<endpoint>/<variant>/yyyy/mm/dd/hh/<uuid>.jsonl``, the hour that of each record's
-  ``inferenceTime`` (UTC), as SageMaker lays them out. ``dest`` is a local folder, ``s3://bucket/prefix``
+* **Files.** ``<dest>/<endpoint>/<variant>/yyyy/mm/dd/hh/<MM>-<SS>-<uuid>.jsonl``, the hour that of each
+  record's ``inferenceTime`` (UTC), as SageMaker lays them out, and the name starting with the minute and
+  second of the file's first record, as SageMaker's own do (so key order is time order). ``dest`` is a local folder, ``s3://bucket/prefix``
   or ``gs://bucket/prefix``. A local file is written to a hidden temporary name and renamed; a cloud
   object is one PUT (whole once it exists). No file is ever appended to, so a reader never sees half a
   record.
@@ -226,11 +227,14 @@ def read_records(source: str | Path | Iterable[str]) -> Iterator[CaptureRecord]:
 
 # --- writing ------------------------------------------------------------------------------------------
 def object_key(endpoint: str, variant: str, inference_time: str) -> str:
-    """``<endpoint>/<variant>/yyyy/mm/dd/hh/<uuid>.jsonl`` for a record made at ``inference_time``."""
+    """``<endpoint>/<variant>/yyyy/mm/dd/hh/<MM>-<SS>-<uuid>.jsonl`` for a file whose first record was made
+    at ``inference_time``: named by its minute and second, as SageMaker names its own (``mm-ss-mmm-uuid``),
+    so key order is time order."""
     hour = inference_time[:13]  # "2026-11-28T08"
     yyyy, mm, dd_hh = hour[:4], hour[5:7], hour[8:]
     dd, hh = dd_hh.split("T")
-    return f"{endpoint}/{variant}/{yyyy}/{mm}/{dd}/{hh}/{uuid.uuid4()}.jsonl"
+    minute, second = (inference_time[14:16] or "00"), (inference_time[17:19] or "00")
+    return f"{endpoint}/{variant}/{yyyy}/{mm}/{dd}/{hh}/{minute}-{second}-{uuid.uuid4()}.jsonl"
 
 
 class CaptureWriter:
@@ -287,12 +291,14 @@ class CaptureWriter:
             if not batch:
                 return 0
             by_hour: dict[str, list[str]] = {}
+            first: dict[str, str] = {}
             for when, line in batch:
                 by_hour.setdefault(when[:13], []).append(line)
+                first[when[:13]] = min(first.get(when[:13], when), when)
             done = 0
             failed: list[tuple[str, str]] = []
             for hour, lines in by_hour.items():
-                key = object_key(self.endpoint, self.variant, hour)
+                key = object_key(self.endpoint, self.variant, first[hour])
                 try:
                     self._put(key, "".join(lines))
                     done += len(lines)

@@ -121,6 +121,7 @@ def poll(source: str, baseline: Any, *, sinks: list[Any] = (), state_uri: str | 
         found, bad = read_object(source, obj)
         exchanges += found
         skipped += bad
+    exchanges.sort(key=lambda e: e.inference_time)  # time order across files (stable: file order within a second)
     if crash_at == "after-read":
         raise SystemExit(137)
     endpoint = endpoint or state.get("endpoint") or endpoint_of(source, exchanges)

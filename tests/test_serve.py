@@ -139,7 +139,7 @@ def test_capture_writer_files_layout_flushes_and_sampling(tmp_path):
     assert writer.pending() == 0 and writer.written == 3
     paths = [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()]
     assert sorted(p.rsplit("/", 1)[0] for p in paths) == ["claims/AllTraffic/2026/11/28/08", "claims/AllTraffic/2026/11/28/09"]
-    assert all(re.fullmatch(r"claims/AllTraffic/2026/11/28/0[89]/[0-9a-f-]{36}\.jsonl", p) for p in paths)
+    assert all(re.fullmatch(r"claims/AllTraffic/2026/11/28/0[89]/\d\d-\d\d-[0-9a-f-]{36}\.jsonl", p) for p in paths)
     writer.add(make_record(b"{}", "application/json", b"{}", "application/json", inference_id="timed"))
     deadline = time.monotonic() + 5
     while writer.pending() and time.monotonic() < deadline:  # time: the timer flushes it
@@ -170,7 +170,7 @@ def test_capture_writer_uploads_to_s3_and_gcs(moto_server, gcs_emulator):
     key = writer.files[0].removeprefix("gs://gcaps/")
     assert parse(clouds.gcs_client().bucket("gcaps").blob(key).download_as_bytes()).inference_id == "gs://gcaps/data-capture"
     listed = s3.list_objects_v2(Bucket="caps")["Contents"]
-    assert re.fullmatch(r"data-capture/ep/AllTraffic/\d{4}/\d\d/\d\d/\d\d/[0-9a-f-]{36}\.jsonl", listed[0]["Key"])
+    assert re.fullmatch(r"data-capture/ep/AllTraffic/\d{4}/\d\d/\d\d/\d\d/\d\d-\d\d-[0-9a-f-]{36}\.jsonl", listed[0]["Key"])
     body = s3.get_object(Bucket="caps", Key=listed[0]["Key"])["Body"].read()
     assert parse(body).input_json() == {"inputs": "x"}
 
