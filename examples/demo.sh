@@ -29,6 +29,8 @@ launcher report "$job_id"
 
 step "5/6 Serve the tuned model locally, ask it twice (launcher, then the openai client)"
 trap 'launcher undeploy demo-summaries >/dev/null 2>&1 || true' EXIT   # never leave the server behind
+home=${LAUNCHER_HOME:-.launcher}
+rm -rf "$home/endpoints/demo-summaries/capture" "$home/monitor"   # a rerun's monitor starts afresh, as the first run's
 launcher deploy "$job_id" --name demo-summaries --monitor-sink log://
 request=$(mktemp --suffix .json)   # a held-out client (examples/data/eval.jsonl), without the reference answer
 python -c 'import json, sys; m = json.loads(open("examples/data/eval.jsonl").readline())["messages"]; json.dump({"messages": m[:-1]}, sys.stdout)' > "$request"
