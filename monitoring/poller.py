@@ -7,7 +7,9 @@ One poll, in order:
 
 1. **Deliver what an earlier poll decided** but did not finish sending (the state's outbox).
 2. **Read** the capture objects not yet in the cursor (``state["done"]``: every object key read, with
-   its version), in key order; records that cannot be read are counted as ``skipped``.
+   its version, for the last ``LATE_HOURS`` hours of the layout's ``yyyy/mm/dd/hh`` folders; older
+   hours are behind the ``horizon`` and not read again), records in time order; records that cannot be
+   read are counted as ``skipped``.
 3. **Score** each record: descriptors, grounding (its unsupported spans: ``flagged``), embeddings.
    Scored rows join the pending window.
 4. **Test** each full window of ``window`` records (in read order) against the baseline: drift per
@@ -36,6 +38,7 @@ import base64
 import datetime as _dt
 import hashlib
 import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +53,7 @@ MIN_WINDOW = 20
 ERROR_RATE = 0.05
 LATENCY_FACTOR = 2.0  # p99 above twice the baseline's
 MAX_FLAGGED_SHOWN = 50
+LATE_HOURS = 24  # capture that arrives later than this after the newest hour read is not read
 
 
 def _encode(array: Any) -> str:
@@ -114,7 +118,8 @@ def poll(source: str, baseline: Any, *, sinks: list[Any] = (), state_uri: str | 
 
     token = _deliver(state, book, sinks, state_uri, token, sent, crash_at)  # 1: an earlier poll's outbox first
 
-    objects = [o for o in list_objects(source) if o.key not in state["done"]]  # 2
+    horizon = state.get("horizon", "")
+    objects = [o for o in list_objects(source) if o.key not in state["done"] and _hour(o.key) >= horizon]  # 2
     exchanges: list[Exchange] = []
     skipped = []
     for obj in objects:
@@ -139,6 +144,7 @@ def poll(source: str, baseline: Any, *, sinks: list[Any] = (), state_uri: str | 
     book.evaluate(signals, now)
     for obj in objects:
         state["done"][obj.key] = obj.version
+    _move_horizon(state)
     totals = state["totals"]
     totals["records"] += len(exchanges)
     totals["skipped"] += len(skipped)
@@ -155,6 +161,29 @@ def poll(source: str, baseline: Any, *, sinks: list[Any] = (), state_uri: str | 
             "flagged": flagged[:MAX_FLAGGED_SHOWN], "flagged_count": len(flagged),
             "windows": [{k: v for k, v in w.items() if not k.startswith("_")} for w in windows],
             "drift": windows[-1]["drift"] if windows else {}, "pending": len(pending["ok"]), "alerts": sent, "totals": totals}
+
+
+_HOUR = re.compile(r"(\d{4}/\d\d/\d\d/\d\d)/[^/]+$")
+
+
+def _hour(key: str) -> str:
+    """The ``yyyy/mm/dd/hh`` folder of a capture key ("" for a key outside that layout: always read)."""
+    found = _HOUR.search(key)
+    return found[1] if found else ""
+
+
+def _move_horizon(state: dict[str, Any]) -> None:
+    """Keep the cursor bounded: the keys of hours more than ``LATE_HOURS`` before the newest hour read are
+    dropped from ``done``, and objects in those hours are not read again (nor at all, if one arrives
+    that late: SageMaker delivers its capture within minutes, our container within seconds)."""
+    hours = sorted({_hour(k) for k in state["done"]} - {""})
+    if not hours:
+        return
+    newest = _dt.datetime.strptime(hours[-1], "%Y/%m/%d/%H")
+    horizon = (newest - _dt.timedelta(hours=LATE_HOURS)).strftime("%Y/%m/%d/%H")
+    if horizon > state.get("horizon", ""):
+        state["horizon"] = horizon
+        state["done"] = {k: v for k, v in state["done"].items() if not _hour(k) or _hour(k) >= horizon}
 
 
 def _score_into(pending: dict[str, Any], exchanges: list[Exchange], embeddings: bool) -> list[dict[str, Any]]:

@@ -428,3 +428,26 @@ def test_the_sentence_cache_encodes_each_text_once_and_survives_filling_up(monke
     monkeypatch.setattr(embed, "CACHE_SIZE", 3)
     again = embedder.encode_cached(["a", "ccc", "dddd"])  # over the cap: cleared, this batch encoded whole
     assert calls[-1] == ["a", "ccc", "dddd"] and [v[0] for v in again] == [1, 3, 4]
+
+
+def test_the_cursor_stays_bounded_a_day_behind_the_newest_hour(baseline_dir, tmp_path, monkeypatch):
+    """Keys of hours more than a day before the newest one read leave the cursor, and are not read again."""
+    monkeypatch.setenv("LAUNCHER_HOME", str(tmp_path / "home"))
+
+    def put(hour: str, name: str) -> None:
+        path = tmp_path / "capture" / "claims/AllTraffic" / hour / f"{name}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(chat_record(1)) + "\n")
+
+    def poll() -> dict:
+        return json.loads(cli("monitor", "poll", "--source", tmp_path / "capture", "--baseline", baseline_dir, "--state",
+                              tmp_path / "state.json", "--no-embeddings", "--json").stdout)
+
+    put("2026/11/29/10", "old")
+    assert poll()["records"] == 1
+    put("2026/12/01/09", "new")
+    assert poll()["records"] == 1
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["horizon"] == "2026/11/30/09" and list(state["done"]) == ["claims/AllTraffic/2026/12/01/09/new.jsonl"]
+    assert poll()["records"] == 0  # the old object is behind the horizon: not read twice
+    assert state["totals"]["records"] == 2
