@@ -451,3 +451,23 @@ def test_the_cursor_stays_bounded_a_day_behind_the_newest_hour(baseline_dir, tmp
     assert state["horizon"] == "2026/11/30/09" and list(state["done"]) == ["claims/AllTraffic/2026/12/01/09/new.jsonl"]
     assert poll()["records"] == 0  # the old object is behind the horizon: not read twice
     assert state["totals"]["records"] == 2
+
+
+def test_without_a_sink_the_profiles_alerts_topic_gets_the_alerts(moto_server, baseline_dir, tmp_path, monkeypatch):
+    """`launcher config from-terraform` writes the alerts topic into the profile: a monitor needs no ARN typed."""
+    import boto3
+    from test_monitor_sinks import received, sqs_subscriber
+
+    monkeypatch.setenv("LAUNCHER_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("LAUNCHER_PROFILE", raising=False)
+    topic = boto3.client("sns").create_topic(Name="launcher-alerts")["TopicArn"]
+    queue = sqs_subscriber(topic)
+    (tmp_path / "home/profiles").mkdir(parents=True)
+    (tmp_path / "home/profiles/default.yaml").write_text(f"sagemaker:\n  region: us-east-1\n  alerts_topic: {topic}\n")
+    traffic(tmp_path / "capture")
+    polled = cli("monitor", "poll", "--source", tmp_path / "capture", "--baseline", baseline_dir, "--window", "100",
+                 "--no-embeddings", "--json")
+    assert polled.exit_code == 0, polled.output
+    sent = {a["id"] for a in json.loads(polled.stdout)["alerts"]}
+    delivered = {json.loads(json.loads(m["Body"])["Message"])["id"] for m in received(queue) + received(queue)}
+    assert sent and delivered == sent

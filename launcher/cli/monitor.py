@@ -48,7 +48,22 @@ def _attached(endpoint: str | None, source: str | None, baseline: str | None, si
     if not source or not baseline:
         raise UserInputError("monitor poll needs --source (the capture URI) and --baseline (a model dir or baseline.json), "
                              "or --endpoint NAME. To fix: see 'launcher monitor poll --help'")
-    return source, baseline, sinks
+    return source, baseline, sinks or profile_sinks(source)
+
+
+def profile_sinks(source: str) -> list[str]:
+    """No --sink: the alerts topic the profile names (``launcher config from-terraform`` wrote it): SNS for
+    a capture in S3, Pub/Sub for one in Cloud Storage, whichever the profile has for a local one."""
+    from launcher import profile
+
+    found = profile.load()
+    sns = f"sns://{found.sagemaker.alerts_topic}" if found.sagemaker and found.sagemaker.alerts_topic else None
+    pubsub = f"pubsub://{found.vertex.alerts_topic}" if found.vertex and found.vertex.alerts_topic else None
+    if source.startswith("s3://"):
+        return [sns] if sns else []
+    if source.startswith("gs://"):
+        return [pubsub] if pubsub else []
+    return [s for s in (sns, pubsub) if s][:1]
 
 
 def _render(result: dict[str, Any]) -> None:
@@ -95,7 +110,8 @@ def _common_checks(window: int, alpha: float) -> None:
 
 SOURCE_HELP = "The capture location: a local folder, s3://BUCKET/PREFIX or gs://BUCKET/PREFIX."
 BASELINE_HELP = "A model dir (its training wrote baseline.json) or a baseline.json."
-SINK_HELP = "Where alerts go (repeatable): sns://TOPIC_ARN, pubsub://projects/P/topics/T, https://HOOK, cloudwatch://NAMESPACE, log://."
+SINK_HELP = ("Where alerts go (repeatable): sns://TOPIC_ARN, pubsub://projects/P/topics/T, https://HOOK, cloudwatch://NAMESPACE, "
+             "log://. Default: the profile's alerts topic (launcher config from-terraform).")
 
 
 @monitor_app.command("baseline")
