@@ -71,18 +71,18 @@ def _decode(text: str) -> Any:
 
 
 def _empty_pending() -> dict[str, Any]:
-    return {"rows": {name: [] for name in d.NAMES}, "flagged": [], "unsupported": [], "facts": [], "ok": [], "latency": [], "times": [], "events": [],
-            "texts": [], "prompt": None, "response": None}
+    return {"rows": {name: [] for name in d.NAMES}, "flagged": [], "unsupported": [], "facts": [], "ok": [], "times": [],
+            "texts": [], "prompt": None, "response": None, "all_status": [], "all_latency": [], "all_times": []}
 
 
 def default_state_uri(source: str) -> str:
-    """Beside the capture: ``<source>/../.monitor/<digest>.json`` locally, ``<source>.monitor-state.json`` in a bucket."""
-    digest = hashlib.sha256(source.encode()).hexdigest()[:12]
+    """Beside the capture, ``<source>.monitor-state.json``, in a bucket (outside the capture prefix); under
+    ``$LAUNCHER_HOME/monitor/`` for a local source."""
     if source.startswith(("s3://", "gs://")):
-        return f"{source.rstrip('/')}/../monitor/state-{digest}.json".replace("/capture/../", "/")
+        return f"{source.rstrip('/')}.monitor-state.json"
     from launcher import index
 
-    return str(index.home() / "monitor" / f"state-{digest}.json")
+    return str(index.home() / "monitor" / f"state-{hashlib.sha256(source.encode()).hexdigest()[:12]}.json")
 
 
 def endpoint_of(source: str, exchanges: list[Exchange]) -> str:
@@ -216,9 +216,9 @@ def _score_into(pending: dict[str, Any], exchanges: list[Exchange], embeddings: 
                           "unsupported": g.unsupported, "derived": g.derived} if g.flagged else None
                          for e, g in zip(good, scored.scores, strict=True)]
     for exchange in exchanges:  # every record, answered or not, for the operational signals
-        pending.setdefault("all_status", []).append(exchange.status)
-        pending.setdefault("all_latency", []).append(exchange.latency_ms)
-        pending.setdefault("all_times", []).append(exchange.inference_time)
+        pending["all_status"].append(exchange.status)
+        pending["all_latency"].append(exchange.latency_ms)
+        pending["all_times"].append(exchange.inference_time)
     pending["ok"] += [e.event_id for e in good]
     pending["times"] += [e.inference_time for e in good]
     return flagged
@@ -227,8 +227,6 @@ def _score_into(pending: dict[str, Any], exchanges: list[Exchange], embeddings: 
 def _take(pending: dict[str, Any], size: int) -> dict[str, Any]:
     """The first ``size`` scored records out of the pending window (and the operational rows up to the
     last of them)."""
-    import numpy as np
-
     taken: dict[str, Any] = {"rows": {name: pending["rows"][name][:size] for name in d.NAMES}}
     for name in d.NAMES:
         pending["rows"][name] = pending["rows"][name][size:]
@@ -242,10 +240,10 @@ def _take(pending: dict[str, Any], size: int) -> dict[str, Any]:
         else:
             taken[side] = None
     last = taken["times"][-1] if taken["times"] else ""
-    times = pending.get("all_times", [])
+    times = pending["all_times"]
     cut = sum(1 for t in times if t <= last) if len(pending["ok"]) else len(times)
     for key in ("all_status", "all_latency", "all_times"):
-        values = pending.get(key, [])
+        values = pending[key]
         taken[key], pending[key] = values[:cut], values[cut:]
     return taken
 
@@ -389,7 +387,3 @@ def _deliver(state: dict[str, Any], book: Any, sinks: list[Any], state_uri: str,
         state["metrics_outbox"] = state["metrics_outbox"][1:]
         persist()
     return box[0]
-
-
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
